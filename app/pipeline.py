@@ -1,0 +1,117 @@
+"""`moat demo`: fetch → split → fine-tune → evaluate → export → serve → query over REST and gRPC → summary."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from app.errors import MoatError
+from models.finetune import FinetuneConfig
+from serving.export import ExportConfig
+
+DEMO_SENTENCES = ("a wonderful, moving film", "a dull, lifeless and badly acted mess",
+                  "the plot is thin but the performances carry it")
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    repo: str = "artifacts/models"
+    model_name: str = "sentiment"
+    grpc_port: int = 0  # 0 = a free port
+    rest_port: int = 0
+    sentences: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_SENTENCES))
+    latency_requests: int = 50
+    min_test_accuracy: float = 0.80  # the demo fails loudly below this
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_demo(config: DemoConfig, *, log=print) -> dict:
+    import numpy as np
+
+    from models.finetune import finetune
+    from serving import client
+    from serving.export import export_classifier, load_classifier
+    from serving.process import ServerProcess
+
+    started = time.time()
+    log(f"[1/4] fine-tuning {config.finetune.model} on {config.finetune.data} (data and weights are fetched and "
+        "split on first use)")
+    report = finetune(config.finetune)
+    accuracy = report["test"]["accuracy"]
+    log(f"      test accuracy {accuracy:.4f} on {report['sizes']['test']} held-out sentences "
+        f"(train {report['sizes']['train']}, {report['timings']['train_seconds']} s)")
+
+    log("[2/4] exporting a SavedModel that tokenizes raw strings in the graph")
+    exported = export_classifier(ExportConfig(model_dir=report["saved_model_dir"], repo=config.repo,
+                                              name=config.model_name))
+    log(f"      {exported['version_dir']} ({exported['bytes'] / 1e6:.1f} MB)")
+
+    model, vocab, task = load_classifier(report["saved_model_dir"])
+    from transformers import BertTokenizerFast
+    tokenizer = BertTokenizerFast.from_pretrained(report["saved_model_dir"])
+    encoded = tokenizer(config.sentences, padding=True, return_tensors="np")
+    logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], training=False).logits
+    keras_probs = np.asarray(logits.numpy(), np.float64)
+    keras_probs = np.exp(keras_probs - keras_probs.max(-1, keepdims=True))
+    keras_probs /= keras_probs.sum(-1, keepdims=True)
+
+    log("[3/4] serving it with moat-model-server on 127.0.0.1")
+    base_path = Path(config.repo) / config.model_name
+    with ServerProcess(model_name=config.model_name, model_base_path=base_path, port=config.grpc_port,
+                       rest_api_port=config.rest_port) as server:
+        client.wait_until_available(server.rest_address, config.model_name, timeout=120)
+        rest = client.rest_predict(server.rest_address, config.model_name, list(config.sentences))
+        rest_probs = np.array([row["probabilities"] for row in rest["predictions"]], np.float64)
+        grpc = client.grpc_predict(server.grpc_address, config.model_name,
+                                   {"text": np.array(config.sentences, dtype=object)})
+        grpc_probs = np.asarray(grpc["probabilities"], np.float64)
+        metadata = client.grpc_metadata(server.grpc_address, config.model_name)
+        latencies = []
+        for i in range(config.latency_requests):
+            tick = time.perf_counter()
+            client.rest_predict(server.rest_address, config.model_name, [config.sentences[i % len(config.sentences)]])
+            latencies.append((time.perf_counter() - tick) * 1000)
+        rest_command = (f"curl -d '{{\"instances\": [\"{config.sentences[0]}\"]}}' "
+                        f"{server.rest_address}/v1/models/{config.model_name}:predict")
+
+    log("[4/4] summary")
+    rows = []
+    for i, sentence in enumerate(config.sentences):
+        label = rest["predictions"][i]["label"]
+        rows.append({"text": sentence, "label": label, "probabilities": rest_probs[i].tolist()})
+        log(f"      {label:>9}  p={rest_probs[i].max():.3f}  {sentence!r}")
+    summary = {
+        "test_accuracy": accuracy,
+        "test_macro_f1": report["test"]["macro_f1"],
+        "split_sizes": report["sizes"],
+        "model_version_dir": exported["version_dir"],
+        "model_megabytes": round(exported["bytes"] / 1e6, 1),
+        "rest_p50_ms": round(_percentile(latencies, 0.5), 2),
+        "rest_p99_ms": round(_percentile(latencies, 0.99), 2),
+        "max_abs_diff_rest_vs_grpc": float(np.abs(rest_probs - grpc_probs).max()),
+        "max_abs_diff_rest_vs_keras": float(np.abs(rest_probs - keras_probs).max()),
+        "signatures": sorted(metadata["signature_def"]["signature_def"]),
+        "predictions": rows,
+        "tensorboard": f"tensorboard --logdir {config.finetune.run_dir}",
+        "serve_command": (f"moat-model-server --port=8500 --rest_api_port=8501 --model_name={config.model_name} "
+                          f"--model_base_path={base_path.resolve()}"),
+        "seconds": round(time.time() - started, 1),
+    }
+    log(f"      test accuracy {accuracy:.4f} | model {summary['model_megabytes']} MB | REST p50 "
+        f"{summary['rest_p50_ms']} ms (p99 {summary['rest_p99_ms']} ms) | REST vs gRPC max diff "
+        f"{summary['max_abs_diff_rest_vs_grpc']:.1e} | REST vs in-process Keras {summary['max_abs_diff_rest_vs_keras']:.1e}")
+    log(f"      TensorBoard: {summary['tensorboard']}")
+    log(f"      serve it again: {summary['serve_command']}")
+    log(f"      then query: {rest_command.replace(server.rest_address, 'localhost:8501')}")
+    Path(config.finetune.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.finetune.run_dir) / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    if accuracy < config.min_test_accuracy:
+        raise MoatError(f"demo test accuracy {accuracy:.4f} is below min_test_accuracy {config.min_test_accuracy}",
+                        fix="train longer (--set finetune.epochs=2) or check the data report")
+    return summary

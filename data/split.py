@@ -1,0 +1,97 @@
+"""Seeded, stratified train/dev/test splits that never leak a duplicate text across splits."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import random
+import unicodedata
+from pathlib import Path
+
+from app.errors import ConfigError, DataError
+from data.dataset import read_manifest, read_records, write_dataset
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    dev: float = 0.1
+    test: float = 0.2
+    seed: int = 13
+    stratify: bool = True  # by `label`, when records have one
+
+    def validate(self):
+        if not (0 <= self.dev < 1 and 0 < self.test < 1 and self.dev + self.test < 1):
+            raise ConfigError(f"split fractions dev={self.dev} test={self.test} are invalid",
+                              fix="use 0 <= dev, 0 < test and dev + test < 1")
+
+
+def _normalized(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def split_records(records: list[dict], config: SplitConfig) -> dict[str, list[dict]]:
+    """Groups records sharing a normalized text, then assigns whole groups so duplicates stay together."""
+    groups: dict[str, list[dict]] = collections.defaultdict(list)
+    for record in records:
+        groups[_normalized(record["text"])].append(record)
+    strata: dict = collections.defaultdict(list)
+    for members in groups.values():
+        key = members[0].get("label") if config.stratify else None
+        strata[key].append(members)
+    rng = random.Random(config.seed)
+    out = {name: [] for name in SPLITS}
+    for key in sorted(strata, key=str):
+        stratum = strata[key]
+        rng.shuffle(stratum)
+        n = len(stratum)
+        n_test = round(n * config.test)
+        n_dev = round(n * config.dev)
+        for index, members in enumerate(stratum):
+            name = "test" if index < n_test else "dev" if index < n_test + n_dev else "train"
+            out[name].extend(members)
+    for name in SPLITS:
+        rng.shuffle(out[name])
+    return out
+
+
+def split_dataset(data_dir: str | Path, out_dir: str | Path, config: SplitConfig) -> dict:
+    """Writes out_dir/{train,dev,test}/ dataset dirs and out_dir/report.json; returns the report."""
+    manifest = read_manifest(data_dir)
+    records = read_records(data_dir, verify=True)
+    if not records:
+        raise DataError(f"dataset '{data_dir}' is empty", fix="check its report.json for dropped records")
+    parts = split_records(records, config)
+    out = Path(out_dir)
+    for name, part in parts.items():
+        write_dataset(out / name, part, name=f"{manifest['name']}-{name}", labels=manifest.get("labels"),
+                      provenance={"split_of": str(Path(data_dir).resolve()), "split": name,
+                                  "config": dataclasses.asdict(config), "source": manifest.get("provenance")},
+                      license=manifest.get("license", "unknown"))
+    report = {"source": str(data_dir), "config": dataclasses.asdict(config),
+              "sizes": {name: len(part) for name, part in parts.items()},
+              "by_label": {name: dict(collections.Counter(r.get("label") for r in part)) for name, part in parts.items()}}
+    assert sum(report["sizes"].values()) == len(records)  # every input lands in exactly one split
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def ensure_splits(data: str, config: SplitConfig) -> Path:
+    """Resolves `data` (a split dir, a dataset dir or a catalog name) to a dir holding train/dev/test."""
+    from data.fetch import fetch, moat_home
+
+    path = Path(data)
+    if all((path / name / "manifest.json").is_file() for name in SPLITS):
+        return path
+    if (path / "manifest.json").is_file():
+        source, out = path, path.with_name(path.name + f"-splits-{config.seed}")
+    elif path.exists() or "/" in data:
+        raise DataError(f"'{data}' is neither a dataset dir nor a dir with train/dev/test dataset dirs",
+                        fix="pass a catalog name (e.g. mr), a dataset dir, or the output of `moat data split`")
+    else:
+        source = fetch(data)
+        out = moat_home() / "splits" / f"{data}-seed{config.seed}-dev{config.dev}-test{config.test}"
+    if not (out / "report.json").is_file():
+        split_dataset(source, out, config)
+    return out

@@ -1,0 +1,224 @@
+"""gRPC services of moat-model-server: tensorflow.serving.PredictionService, ModelService and grpc.health.v1.
+
+Registered with the generated `tensorflow_serving.apis.*_pb2_grpc` helpers, so the stubs unmodified TF Serving
+clients use talk to this server. Errors carry TF Serving's status codes and messages.
+"""
+from __future__ import annotations
+
+from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+import concurrent.futures
+import logging
+import os
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow.core.protobuf import error_codes_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+from serving import tensors
+from serving.model_manager import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, ModelManager,
+                                   _input_examples)
+from serving.tensors import ServingError, invalid
+
+log = logging.getLogger("moat.serving")
+
+
+def _abort(context: grpc.ServicerContext, err: ServingError):
+    context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN), err.message)
+
+
+def _servable(manager: ModelManager, spec):
+    if not spec.name:
+        raise invalid("Missing ModelSpec")
+    which = spec.WhichOneof("version_choice")
+    version = spec.version.value if which == "version" else None
+    label = spec.version_label if which == "version_label" else None
+    return manager.get_servable(spec.name, version=version, label=label)
+
+
+def _fill_spec(out_spec, servable, signature_name: str) -> None:
+    out_spec.name = servable.name
+    out_spec.version.value = servable.version
+    out_spec.signature_name = signature_name
+
+
+def _guarded(method):
+    """Turns ServingError into the matching gRPC status instead of an UNKNOWN traceback."""
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as err:
+            _abort(context, err)
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, counter=None):
+        self.manager = manager
+        self.counter = counter
+
+    def _count(self, api: str, model: str) -> None:
+        if self.counter is not None:
+            self.counter.add(api=api, model=model, code="OK")
+
+    @_guarded
+    def Predict(self, request, context):  # noqa: N802  (gRPC method names)
+        servable = _servable(self.manager, request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        inputs = {alias: tensors.from_tensor_proto(proto) for alias, proto in request.inputs.items()}
+        outputs = servable.predict(inputs, signature_name=signature, output_filter=tuple(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        _fill_spec(response.model_spec, servable, signature)
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(tensors.to_tensor_proto(array))
+        self._count("predict", servable.name)
+        return response
+
+    @_guarded
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid(f"Metadata field {field} is not supported")
+        servable = _servable(self.manager, request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _fill_spec(response.model_spec, servable, "")
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in servable.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature)
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+    @_guarded
+    def Classify(self, request, context):  # noqa: N802
+        servable = _servable(self.manager, request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        response = classification_pb2.ClassificationResponse()
+        _fill_spec(response.model_spec, servable, signature)
+        for row in servable.classify(examples, signature_name=signature):
+            classifications = response.result.classifications.add()
+            for label, score in row:
+                classifications.classes.add(label=label, score=score)
+        self._count("classify", servable.name)
+        return response
+
+    @_guarded
+    def Regress(self, request, context):  # noqa: N802
+        servable = _servable(self.manager, request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        response = regression_pb2.RegressionResponse()
+        _fill_spec(response.model_spec, servable, signature)
+        for value in servable.regress(examples, signature_name=signature):
+            response.result.regressions.add(value=value)
+        self._count("regress", servable.name)
+        return response
+
+    @_guarded
+    def MultiInference(self, request, context):  # noqa: N802
+        if not request.tasks:
+            raise invalid("Signature names should be specified")
+        names = {task.model_spec.name for task in request.tasks}
+        if len(names) != 1:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            servable = _servable(self.manager, task.model_spec)
+            signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            result = response.results.add()
+            _fill_spec(result.model_spec, servable, signature)
+            if task.method_name == CLASSIFY_METHOD:
+                for row in servable.classify(examples, signature_name=signature):
+                    classifications = result.classification_result.classifications.add()
+                    for label, score in row:
+                        classifications.classes.add(label=label, score=score)
+            elif task.method_name == REGRESS_METHOD:
+                for value in servable.regress(examples, signature_name=signature):
+                    result.regression_result.regressions.add(value=value)
+            else:
+                raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name}")
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager, *, reload_config=None):
+        self.manager = manager
+        self._reload_config = reload_config
+
+    @_guarded
+    def GetModelStatus(self, request, context):  # noqa: N802
+        spec = request.model_spec
+        if not spec.name:
+            raise invalid("Missing ModelSpec")
+        which = spec.WhichOneof("version_choice")
+        version = spec.version.value if which == "version" else None
+        if which == "version_label":
+            version = self.manager.resolve_label(spec.name, spec.version_label)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.manager.version_status(spec.name, version=version):
+            entry = response.model_version_status.add(version=state.version)
+            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            entry.status.error_code = error_codes_pb2.Code.Value(state.error_code)
+            entry.status.error_message = state.error_message
+        return response
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        from serving.model_manager import configs_from_text
+        from google.protobuf import text_format
+
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            configs = configs_from_text(text_format.MessageToString(request.config), source="ReloadConfigRequest")
+            if self._reload_config is not None:
+                self._reload_config(configs)
+            else:
+                self.manager.reload_config(configs)
+        except Exception as err:  # reported in the response status, as TF Serving does
+            response.status.error_code = error_codes_pb2.INVALID_ARGUMENT
+            response.status.error_message = str(err)
+            return response
+        response.status.error_code = error_codes_pb2.OK
+        return response
+
+
+def bind_host() -> str:
+    return "0.0.0.0" if os.environ.get("MOAT_BIND_ALL") == "1" else "127.0.0.1"
+
+
+def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = None, counter=None,
+                     max_workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds (not starts) the gRPC server; returns (server, bound port, health servicer)."""
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                               thread_name_prefix="moat-grpc"),
+                         options=[("grpc.max_receive_message_length", -1),
+                                  ("grpc.max_send_message_length", -1),
+                                  ("grpc.so_reuseport", 0)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, counter), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host or bind_host()}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind gRPC port {port}")
+    return server, bound, health_servicer
+
+
+def set_health(health_servicer: health.HealthServicer, manager: ModelManager, *, serving: bool) -> None:
+    """Overall ("") and per-model health, SERVING while the model has an AVAILABLE version."""
+    status = health_pb2.HealthCheckResponse
+    health_servicer.set("", status.SERVING if serving else status.NOT_SERVING)
+    for name in manager.model_names():
+        try:
+            manager.get_servable(name)
+            ok = serving
+        except ServingError:
+            ok = False
+        health_servicer.set(name, status.SERVING if ok else status.NOT_SERVING)
