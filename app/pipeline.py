@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
     started = time.time()
     log(f"[1/4] fine-tuning {config.finetune.model} on {config.finetune.data} (data and weights are fetched and "
         "split on first use)")
-    report = finetune(config.finetune)
+    report = finetune(config.finetune, verbose=1 if sys.stdout.isatty() else 2)
     accuracy = report["test"]["accuracy"]
     log(f"      test accuracy {accuracy:.4f} on {report['sizes']['test']} held-out sentences "
         f"(train {report['sizes']['train']}, {report['timings']['train_seconds']} s)")
@@ -65,7 +66,7 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
     base_path = Path(config.repo) / config.model_name
     with ServerProcess(model_name=config.model_name, model_base_path=base_path, port=config.grpc_port,
                        rest_api_port=config.rest_port) as server:
-        client.wait_until_available(server.rest_address, config.model_name, timeout=120)
+        client.wait_until_available(config.model_name, rest=server.rest_address, timeout=120)
         rest = client.rest_predict(server.rest_address, config.model_name, list(config.sentences))
         rest_probs = np.array([row["probabilities"] for row in rest["predictions"]], np.float64)
         grpc = client.grpc_predict(server.grpc_address, config.model_name,
@@ -96,7 +97,7 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
         "rest_p99_ms": round(_percentile(latencies, 0.99), 2),
         "max_abs_diff_rest_vs_grpc": float(np.abs(rest_probs - grpc_probs).max()),
         "max_abs_diff_rest_vs_keras": float(np.abs(rest_probs - keras_probs).max()),
-        "signatures": sorted(metadata["signature_def"]["signature_def"]),
+        "signatures": sorted(metadata),
         "predictions": rows,
         "tensorboard": f"tensorboard --logdir {config.finetune.run_dir}",
         "serve_command": (f"moat-model-server --port=8500 --rest_api_port=8501 --model_name={config.model_name} "

@@ -108,8 +108,11 @@ def train_dataset(ids: list[list[int]], labels: np.ndarray, batch_size: int, see
             yield {"input_ids": input_ids, "attention_mask": mask}, labels[batch]
 
     spec = tf.TensorSpec((None, None), tf.int32)
-    return tf.data.Dataset.from_generator(generate, output_signature=(
-        {"input_ids": spec, "attention_mask": spec}, tf.TensorSpec((None,), tf.int32))).prefetch(2)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=(
+        {"input_ids": spec, "attention_mask": spec}, tf.TensorSpec((None,), tf.int32)))
+    # Keras keeps one iterator across epochs when steps_per_epoch is set: repeat() re-runs the generator (with a
+    # new shuffle) each time it is exhausted, and steps_per_epoch makes an epoch exactly one pass.
+    return dataset.repeat().prefetch(2)
 
 
 def predict_logits(model, ids: list[list[int]], batch_size: int = 128) -> np.ndarray:

@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from app.errors import ConfigError
-from serving.tensors import (FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, OK, UNKNOWN, ServingError,
+from serving.tensors import (FAILED_PRECONDITION, NOT_FOUND, OK, UNKNOWN, ServingError,
                              coerce, from_tensor_proto, invalid)
 
 log = logging.getLogger("moat.serving")
@@ -289,16 +289,17 @@ class ModelManager:
 
     def reload_config(self, configs: list[ModelConfig]) -> None:
         """Applies a new model list (HandleReloadConfigRequest / --model_config_file polling)."""
-        with self._lock:
-            removed = set(self._configs) - {c.name for c in configs}
-            self._configs = {c.name: c for c in configs}
-            for config in configs:
-                self._states.setdefault(config.name, {})
-            for name in removed:
-                for state in self._states.get(name, {}).values():
-                    if state.state == AVAILABLE:
-                        self._unload(name, state)
-        self.reload_once()
+        with self._reload_lock:  # no poll may reconcile a model while the model list changes
+            with self._lock:
+                removed = set(self._configs) - {c.name for c in configs}
+                self._configs = {c.name: c for c in configs}
+                for config in configs:
+                    self._states.setdefault(config.name, {})
+                for name in removed:
+                    for state in self._states.get(name, {}).values():
+                        if state.state == AVAILABLE:
+                            self._unload(name, state)
+            self._reconcile_all()
 
     # -- file system -> transitions --
 
@@ -319,10 +320,13 @@ class ModelManager:
 
     def reload_once(self) -> None:
         with self._reload_lock:
-            with self._lock:
-                configs = list(self._configs.values())
-            for config in configs:
-                self._reconcile(config)
+            self._reconcile_all()
+
+    def _reconcile_all(self) -> None:
+        with self._lock:
+            configs = list(self._configs.values())
+        for config in configs:
+            self._reconcile(config)
 
     def _reconcile(self, config: ModelConfig) -> None:
         on_disk = self._versions_on_disk(config.base_path)

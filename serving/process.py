@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -16,12 +17,19 @@ _GRPC_LINE = re.compile(r"Running gRPC ModelServer at [^:\s]+:(\d+)")
 _REST_LINE = re.compile(r"Exporting HTTP/REST API at:[^:\s]+:(\d+)")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class ServerProcess:
     """Context manager: starts the server on 127.0.0.1 and waits until its ports are announced."""
 
     def __init__(self, *, model_name: str, model_base_path: str | Path, port: int = 0, rest_api_port: int = 0,
                  extra_flags: tuple[str, ...] = (), timeout: float = 120.0):
-        self.flags = [f"--port={port}", f"--rest_api_port={rest_api_port}", f"--model_name={model_name}",
+        # --rest_api_port=0 disables REST in TF Serving, so "any free port" is resolved here.
+        self.flags = [f"--port={port}", f"--rest_api_port={rest_api_port or free_port()}", f"--model_name={model_name}",
                       f"--model_base_path={Path(model_base_path).resolve()}", *extra_flags]
         self.timeout = timeout
         self.grpc_port: int | None = None

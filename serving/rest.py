@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import tensorflow as tf
 from google.protobuf import json_format
 
 from serving import tensors
@@ -188,7 +189,7 @@ def _predict(servable: Servable, signature: str, body: dict) -> str:
 def _feature_from_json(name: str, values, feature) -> None:
     for value in values if isinstance(values, list) else [values]:
         if value is None or isinstance(value, list) or (isinstance(value, dict) and not tensors.is_b64(value)):
-            raise invalid(f"Feature: {name} has element with unexpected JSON type: {tensors._json_type(value)}")
+            raise invalid(f"Feature: {name} has element with unexpected JSON type: {tensors.json_type(value)}")
         if isinstance(value, bool) or isinstance(value, int):
             kind, item = "int64_list", int(value)
         elif isinstance(value, float):
@@ -196,7 +197,7 @@ def _feature_from_json(name: str, values, feature) -> None:
         elif isinstance(value, str):
             kind, item = "bytes_list", value.encode("utf-8")
         else:
-            kind, item = "bytes_list", tensors._scalar(value, tensors.tf.string)
+            kind, item = "bytes_list", tensors.json_scalar(value, tf.string)
         current = feature.WhichOneof("kind")
         if current not in (None, kind):
             raise invalid(f"Unexpected element type in feature: {name} expecting type: {current.split('_')[0]}")
@@ -204,11 +205,9 @@ def _feature_from_json(name: str, values, feature) -> None:
 
 
 def _examples_from_json(body: dict, verb: str) -> list[bytes]:
-    import tensorflow as tf
-
     def to_example(obj, base=None):
         if not isinstance(obj, dict):
-            raise invalid(f"Example must be JSON object but got JSON {tensors._json_type(obj)}")
+            raise invalid(f"Example must be JSON object but got JSON {tensors.json_type(obj)}")
         example = tf.train.Example()
         if base is not None:
             example.CopyFrom(base)

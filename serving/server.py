@@ -15,6 +15,7 @@ from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow l
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -152,21 +153,25 @@ def validate(options: Options) -> None:
 
 
 def _prometheus_path(monitoring_config_file: str) -> str | None:
+    """Reads a text-format MonitoringConfig. The pip tensorflow-serving-api ships no monitoring_config_pb2,
+    and the message is tiny (`prometheus_config { enable: true path: "..." }`), so it is parsed directly."""
     if not monitoring_config_file:
         return None
-    from google.protobuf import text_format
-    from tensorflow_serving.config import monitoring_config_pb2
-
-    config = monitoring_config_pb2.MonitoringConfig()
-    try:
-        with open(monitoring_config_file, encoding="utf-8") as handle:
-            text_format.Parse(handle.read(), config)
-    except (OSError, text_format.ParseError) as err:
-        raise FlagError(f"--monitoring_config_file={monitoring_config_file}: {err}",
-                        fix="pass a text-format MonitoringConfig") from None
-    if not config.prometheus_config.enable:
+    text = _read_text(monitoring_config_file)
+    if text is None:
+        raise FlagError(f"--monitoring_config_file={monitoring_config_file}: no such file",
+                        fix="pass a text-format MonitoringConfig")
+    text = re.sub(r"#[^\n]*", "", text)
+    block = re.search(r"prometheus_config\s*:?\s*\{([^}]*)\}", text)
+    if block is None or not re.fullmatch(r"\s*(?:(?:enable\s*:\s*(?:true|false|1|0)|path\s*:\s*\"[^\"]*\")[\s,;]*)*",
+                                        block.group(1)):
+        raise FlagError(f"--monitoring_config_file={monitoring_config_file}: expected "
+                        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }',
+                        fix="fix the MonitoringConfig text")
+    if not re.search(r"enable\s*:\s*(?:true|1)\b", block.group(1)):
         return None
-    return config.prometheus_config.path or "/monitoring/prometheus/metrics"
+    path = re.search(r'path\s*:\s*"([^"]*)"', block.group(1))
+    return (path.group(1) if path else "") or "/monitoring/prometheus/metrics"
 
 
 class ModelServer:

@@ -64,7 +64,7 @@ def _json_str(value) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=True)
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     if value is None:
         return "Null"
     if isinstance(value, bool):
@@ -83,11 +83,11 @@ def is_b64(value) -> bool:
 
 
 def _type_error(value, dtype: tf.DType) -> ServingError:
-    return invalid(f"JSON Value: {_json_str(value)} Type: {_json_type(value)} "
+    return invalid(f"JSON Value: {_json_str(value)} Type: {json_type(value)} "
                    f"is not of expected type: {dtype_name(dtype)}")
 
 
-def _scalar(value, dtype: tf.DType):
+def json_scalar(value, dtype: tf.DType):
     """Validates one JSON leaf against the signature dtype and returns the python value to store."""
     if dtype == tf.string:
         if isinstance(value, str):
@@ -141,7 +141,7 @@ def _fill(value, level: int, shape: list[int], dtype: tf.DType, out: list) -> No
         if level != len(shape):
             raise invalid(f"JSON Value: {_json_str(value)} found at incorrect level: {level + 1} "
                           f"in the JSON DOM. Expected at level: {len(shape)}")
-        out.append(_scalar(value, dtype))
+        out.append(json_scalar(value, dtype))
         return
     if level >= len(shape):
         raise invalid(f"Encountered list at unexpected level: {level} expected < {len(shape)}")

