@@ -1,0 +1,109 @@
+"""`moat bench`: side-by-side measurements in one run (ours vs. the reference path), written as JSON + markdown.
+
+- tokenize: the exported model's in-graph tokenizer (tf.text, inside tf.function) vs HF BertTokenizerFast.
+- serve: REST vs gRPC single-sentence latency against moat-model-server, when a model repository exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    model: str = "minilm-l6"  # tokenizer source: catalog name or model dir
+    data: str = "mr"
+    batch_size: int = 32
+    max_length: int = 64
+    repeats: int = 5
+    model_base_path: str = "artifacts/models/sentiment"  # serve bench runs when this holds a version
+    model_name: str = "sentiment"
+    requests: int = 200
+    out_dir: str = "bench/results"
+
+
+def _best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+    return min(times)
+
+
+def bench_tokenize(config: BenchConfig) -> dict:
+    import tensorflow as tf
+    from transformers import BertTokenizerFast
+
+    from data.dataset import read_records
+    from data.fetch import fetch
+    from models.finetune import resolve_model_dir
+    from serving.text_tokenizer import InGraphBertTokenizer
+
+    model_dir = resolve_model_dir(config.model)
+    texts = [r["text"] for r in read_records(fetch(config.data))]
+    batches = [texts[i:i + config.batch_size] for i in range(0, len(texts), config.batch_size)]
+    hf = BertTokenizerFast.from_pretrained(model_dir)
+    ours = InGraphBertTokenizer(vocab=(model_dir / "vocab.txt").read_text().splitlines(),
+                                max_length=config.max_length)
+    graph = tf.function(ours, input_signature=[tf.TensorSpec([None], tf.string)])
+    tensors = [tf.constant(b) for b in batches]
+    graph(tensors[0])  # trace once
+    ours_s = _best_of(config.repeats, lambda: [graph(t) for t in tensors])
+    hf_s = _best_of(config.repeats, lambda: [hf(b, truncation=True, max_length=config.max_length, padding=True,
+                                                return_tensors="np") for b in batches])
+    return {"sentences": len(texts), "batch_size": config.batch_size,
+            "ours_sentences_per_s": round(len(texts) / ours_s), "hf_fast_sentences_per_s": round(len(texts) / hf_s),
+            "ratio_ours_over_hf": round(hf_s / ours_s, 3)}
+
+
+def bench_serve(config: BenchConfig) -> dict | None:
+    import numpy as np
+
+    from serving import client
+    from serving.process import ServerProcess
+
+    base = Path(config.model_base_path)
+    if not any(p.name.isdigit() for p in base.glob("*")):
+        return None
+    sentence = ["a wonderful, moving film"]
+    with ServerProcess(model_name=config.model_name, model_base_path=base) as server:
+        client.wait_until_available(config.model_name, rest=server.rest_address, timeout=120)
+        timings = {"rest": [], "grpc": []}
+        for i in range(config.requests):
+            tick = time.perf_counter()
+            client.rest_predict(server.rest_address, config.model_name, sentence)
+            timings["rest"].append((time.perf_counter() - tick) * 1000)
+            tick = time.perf_counter()
+            client.grpc_predict(server.grpc_address, config.model_name, {"text": np.array(sentence, dtype=object)})
+            timings["grpc"].append((time.perf_counter() - tick) * 1000)
+    result = {"requests": config.requests}
+    for name, values in timings.items():
+        values = sorted(values[5:])  # the first calls include connection set-up
+        result[f"{name}_p50_ms"] = round(statistics.median(values), 2)
+        result[f"{name}_p99_ms"] = round(values[int(0.99 * (len(values) - 1))], 2)
+    result["ratio_grpc_over_rest_p50"] = round(result["rest_p50_ms"] / result["grpc_p50_ms"], 3)
+    return result
+
+
+def run_bench(config: BenchConfig, *, log=print) -> dict:
+    results = {"tokenize": bench_tokenize(config), "serve": bench_serve(config)}
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    lines = ["| benchmark | ours | reference | ratio (>1 = ours faster) |", "|---|---|---|---|"]
+    t = results["tokenize"]
+    lines.append(f"| tokenize, batch {t['batch_size']} (sentences/s) | in-graph tf.text: {t['ours_sentences_per_s']} "
+                 f"| HF BertTokenizerFast: {t['hf_fast_sentences_per_s']} | {t['ratio_ours_over_hf']} |")
+    if s := results["serve"]:
+        lines.append(f"| predict 1 sentence, p50 ms | gRPC: {s['grpc_p50_ms']} | REST: {s['rest_p50_ms']} "
+                     f"| {s['ratio_grpc_over_rest_p50']} |")
+    else:
+        lines.append(f"| predict 1 sentence | skipped: no model under {config.model_base_path} (run `make demo`) | | |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+    log(f"results: {out / 'bench.json'}")
+    return results
