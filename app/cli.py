@@ -80,14 +80,30 @@ def cmd_serve(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    import urllib.error
+
+    import grpc
+
     from serving import client
-    if args.grpc:
-        import numpy as np
-        outputs = client.grpc_predict(args.server, args.model, {"text": np.array(args.texts, dtype=object)},
-                                      signature_name=args.signature_name)
-        print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in outputs.items()}))
-    else:
-        print(json.dumps(client.rest_predict(args.server, args.model, args.texts, signature_name=args.signature_name)))
+    server = args.server or ("localhost:8500" if args.grpc else "localhost:8501")
+    start_hint = "start one with `moat serve --port=8500 --rest_api_port=8501 --model_name=… --model_base_path=…`"
+    try:
+        if args.grpc:
+            import numpy as np
+            outputs = client.grpc_predict(server, args.model, {"text": np.array(args.texts, dtype=object)},
+                                          signature_name=args.signature_name)
+            print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in outputs.items()}))
+        else:
+            print(json.dumps(client.rest_predict(server, args.model, args.texts,
+                                                 signature_name=args.signature_name)))
+    except client.RestError as err:
+        raise MoatError(f"the server at {server} answered HTTP {err.status}: {err.message}") from None
+    except urllib.error.URLError as err:
+        raise MoatError(f"no REST server reachable at {server} ({err.reason})", fix=start_hint) from None
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNAVAILABLE:
+            raise MoatError(f"no gRPC server reachable at {server}", fix=start_hint) from None
+        raise MoatError(f"the server at {server} answered {err.code().name}: {err.details()}") from None
     return 0
 
 
@@ -145,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("predict", help="send texts to a running server over REST (default) or gRPC")
     p.add_argument("texts", nargs="+", help="sentences to classify")
-    p.add_argument("--server", default="localhost:8501", help="host:port of the REST (or with --grpc, gRPC) API")
+    p.add_argument("--server", help="host:port of the API (default localhost:8501, or localhost:8500 with --grpc)")
     p.add_argument("--model", default="sentiment", help="model name on the server")
     p.add_argument("--grpc", action="store_true", help="use gRPC PredictionService instead of REST")
     p.add_argument("--signature_name", default="serving_default")
@@ -168,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except MoatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TimeoutError as err:  # e.g. a served model that never became AVAILABLE
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

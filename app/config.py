@@ -42,8 +42,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue
     elif origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        elif isinstance(value, str):
+            # 'a,b' is a list of two for numbers; a text may contain commas, so strings need the [..] form.
+            value = [value] if get_args(tp)[0] is str else [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, (list, tuple)):
             items = [_coerce(v, get_args(tp)[0], key) for v in value]
             return tuple(items) if origin is tuple else items
@@ -103,7 +109,7 @@ def to_dict(config: Any) -> dict:
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict:
-    """['a.b=1', 'c=x'] -> {'a': {'b': '1'}, 'c': 'x'} (values stay strings; from_dict coerces them)."""
+    """['a.b=1', 'c=x'] -> {'a': {'b': '1'}, 'c': 'x'}: values stay strings, from_dict coerces them by type."""
     nested: dict = {}
     for pair in pairs:
         if "=" not in pair:
@@ -113,7 +119,9 @@ def parse_overrides(pairs: Iterable[str]) -> dict:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair}: '{part}' was already given a value", fix="set either it or its keys")
+        node[leaf] = value
     return nested
 
 

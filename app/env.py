@@ -5,7 +5,7 @@ means at import time, so this must run before anything imports TensorFlow. Every
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # forced: Keras 3 breaks TFMOT and HF TF classes
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep CLI output readable; users can lower it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from registry packages, never from a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from app.errors import MoatError
+from app.errors import ConfigError, MoatError
 from models.finetune import FinetuneConfig
 from serving.export import ExportConfig
 
@@ -26,8 +27,15 @@ class DemoConfig:
     latency_requests: int = 50
     min_test_accuracy: float = 0.80  # the demo fails loudly below this
 
+    def validate(self):
+        if not self.sentences or not all(s.strip() for s in self.sentences):
+            raise ConfigError("config key 'sentences' needs at least one non-empty sentence")
+        if self.latency_requests < 1:
+            raise ConfigError(f"config key 'latency_requests' must be >= 1, got {self.latency_requests}")
 
-def _percentile(values: list[float], q: float) -> float:
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
@@ -36,6 +44,7 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
     import numpy as np
 
     from models.finetune import finetune
+    from models.metrics import softmax
     from serving import client
     from serving.export import export_classifier, load_classifier
     from serving.process import ServerProcess
@@ -56,11 +65,10 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
     model, vocab, task = load_classifier(report["saved_model_dir"])
     from transformers import BertTokenizerFast
     tokenizer = BertTokenizerFast.from_pretrained(report["saved_model_dir"])
-    encoded = tokenizer(config.sentences, padding=True, return_tensors="np")
+    encoded = tokenizer(config.sentences, padding=True, truncation=True, max_length=task["max_length"],
+                        return_tensors="np")
     logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], training=False).logits
-    keras_probs = np.asarray(logits.numpy(), np.float64)
-    keras_probs = np.exp(keras_probs - keras_probs.max(-1, keepdims=True))
-    keras_probs /= keras_probs.sum(-1, keepdims=True)
+    keras_probs = softmax(logits.numpy().astype(np.float64))
 
     log("[3/4] serving it with moat-model-server on 127.0.0.1")
     base_path = Path(config.repo) / config.model_name
@@ -78,8 +86,8 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
             tick = time.perf_counter()
             client.rest_predict(server.rest_address, config.model_name, [config.sentences[i % len(config.sentences)]])
             latencies.append((time.perf_counter() - tick) * 1000)
-        rest_command = (f"curl -d '{{\"instances\": [\"{config.sentences[0]}\"]}}' "
-                        f"{server.rest_address}/v1/models/{config.model_name}:predict")
+        body = shlex.quote(json.dumps({"instances": [config.sentences[0]]}))
+        rest_command = f"curl -d {body} {server.rest_address}/v1/models/{config.model_name}:predict"
 
     log("[4/4] summary")
     rows = []
@@ -93,8 +101,8 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
         "split_sizes": report["sizes"],
         "model_version_dir": exported["version_dir"],
         "model_megabytes": round(exported["bytes"] / 1e6, 1),
-        "rest_p50_ms": round(_percentile(latencies, 0.5), 2),
-        "rest_p99_ms": round(_percentile(latencies, 0.99), 2),
+        "rest_p50_ms": round(percentile(latencies, 0.5), 2),
+        "rest_p99_ms": round(percentile(latencies, 0.99), 2),
         "max_abs_diff_rest_vs_grpc": float(np.abs(rest_probs - grpc_probs).max()),
         "max_abs_diff_rest_vs_keras": float(np.abs(rest_probs - keras_probs).max()),
         "signatures": sorted(metadata),

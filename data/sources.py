@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 
 def parse_mr(raw: bytes) -> tuple[list[dict], list[dict]]:
@@ -25,6 +26,8 @@ def parse_mr(raw: bytes) -> tuple[list[dict], list[dict]]:
         rid, score_text, sentence = row[0].strip(), row[1].strip(), "\t".join(row[2:]).strip()
         try:
             score = float(score_text)
+            if not math.isfinite(score):
+                raise ValueError
         except ValueError:
             dropped.append({"id": rid, "reason": f"score is not a number: {score_text!r}"})
             continue

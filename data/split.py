@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import random
 import unicodedata
@@ -85,13 +86,17 @@ def ensure_splits(data: str, config: SplitConfig) -> Path:
     if all((path / name / "manifest.json").is_file() for name in SPLITS):
         return path
     if (path / "manifest.json").is_file():
-        source, out = path, path.with_name(path.name + f"-splits-{config.seed}")
+        source = path
     elif path.exists() or "/" in data:
         raise DataError(f"'{data}' is neither a dataset dir nor a dir with train/dev/test dataset dirs",
                         fix="pass a catalog name (e.g. mr), a dataset dir, or the output of `moat data split`")
     else:
-        source = fetch(data)
-        out = moat_home() / "splits" / f"{data}-seed{config.seed}-dev{config.dev}-test{config.test}"
+        source = fetch(data, kind="dataset")
+    # Cached splits are keyed by the split config and the source's shard checksums, so a changed config or a
+    # re-fetched source never reuses stale splits.
+    shards = [s["sha256"] for s in read_manifest(source)["shards"]]
+    key = hashlib.sha1(json.dumps([dataclasses.asdict(config), shards]).encode()).hexdigest()[:12]
+    out = moat_home() / "splits" / f"{read_manifest(source)['name']}-{key}"
     if not (out / "report.json").is_file():
         split_dataset(source, out, config)
     return out

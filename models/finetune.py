@@ -47,8 +47,11 @@ class FinetuneConfig:
                 raise ConfigError(f"config key '{name}' must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"config key 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_length > 512:
-            raise ConfigError(f"config key 'max_length' is {self.max_length}; BERT positions stop at 512")
+        if not 8 <= self.max_length <= 512:
+            raise ConfigError(f"config key 'max_length' is {self.max_length}", fix="use 8..512 (BERT positions stop at 512)")
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"config key '{name}' must be null or >= 1, got {getattr(self, name)}")
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -59,7 +62,7 @@ def resolve_model_dir(model: str) -> Path:
         raise ModelError(f"'{model}' is not an HF model dir (no config.json)",
                          fix="pass a catalog name (e.g. minilm-l6) or a dir written by save_pretrained")
     from data.fetch import fetch
-    return fetch(model)
+    return fetch(model, kind="model")
 
 
 # === Inputs ===
@@ -164,6 +167,11 @@ class ScalarLogger(tf.keras.callbacks.Callback):
 
 def _load_split(path: Path, label_names: list[str], limit: int | None, seed: int) -> tuple[list[str], np.ndarray]:
     records = read_records(path)
+    if not records:
+        raise DataError(f"split '{path}' is empty", fix="use a larger dataset or larger split fractions")
+    if any("text_pair" in r for r in records):
+        raise DataError(f"'{path}' holds text pairs, which fine-tuning does not support yet",
+                        fix="remove the text_pair field or concatenate the pair into text")
     if limit is not None and len(records) > limit:
         records = [records[i] for i in sorted(np.random.default_rng(seed).choice(len(records), limit, replace=False))]
     index = {name: i for i, name in enumerate(label_names)}
@@ -224,12 +232,14 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     test = metrics_lib.classification_metrics(test_logits, labels["test"], label_names)
     with logger.eval_writer.as_default(step=logger.step):
         tf.summary.scalar("test_accuracy", test["accuracy"])
-    logger.eval_writer.flush()
+    logger.eval_writer.close()
+    logger.train_writer.close()
     saved = run_dir / "model"
     model.save_pretrained(saved)
     tokenizer.save_pretrained(saved)
-    (saved / "moat_task.json").write_text(json.dumps({"task": "classification", "labels": label_names,
-                                                      "max_length": config.max_length}, indent=2))
+    (saved / "moat_task.json").write_text(json.dumps({
+        "task": "classification", "labels": label_names, "max_length": config.max_length,
+        "lower_case": bool(getattr(tokenizer, "do_lower_case", True))}, indent=2))
     metrics_lib.write_predictions(run_dir / "test_predictions.jsonl", texts["test"], test_logits, labels["test"],
                                   label_names)
     report = {"config": dataclasses.asdict(config), "model_dir": str(model_dir), "split_dir": str(split_dir),

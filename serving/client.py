@@ -61,14 +61,17 @@ def rest_status(host_port: str, model: str, *, version: int | None = None, timeo
     return rest_request(host_port, _model_path(model, version), timeout=timeout)
 
 
-def _channel(host_port: str):
+def open_channel(host_port: str):
+    """An insecure channel without a receive-size cap (responses can hold big tensors)."""
     import grpc
 
     return grpc.insecure_channel(host_port, options=[("grpc.max_receive_message_length", -1)])
 
 
 def grpc_predict(host_port: str, model: str, inputs: dict[str, np.ndarray], signature_name: str = "serving_default",
-                 output_filter=(), *, version: int | None = None, timeout: float = 30.0) -> dict[str, np.ndarray]:
+                 output_filter=(), *, version: int | None = None, timeout: float = 30.0,
+                 channel=None) -> dict[str, np.ndarray]:
+    """Predict; pass an open `channel` to reuse one connection across calls (as a long-lived client does)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -80,7 +83,10 @@ def grpc_predict(host_port: str, model: str, inputs: dict[str, np.ndarray], sign
     for name, value in inputs.items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     request.output_filter.extend(output_filter)
-    with _channel(host_port) as channel:
+    if channel is None:
+        with open_channel(host_port) as own:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(own).Predict(request, timeout=timeout)
+    else:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
     return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
@@ -94,7 +100,7 @@ def grpc_metadata(host_port: str, model: str, *, version: int | None = None, tim
     if version is not None:
         request.model_spec.version.value = int(version)
     request.metadata_field.append("signature_def")
-    with _channel(host_port) as channel:
+    with open_channel(host_port) as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
             request, timeout=timeout)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
@@ -112,7 +118,7 @@ def grpc_model_status(host_port: str, model: str, *, version: int | None = None,
     request.model_spec.name = model
     if version is not None:
         request.model_spec.version.value = int(version)
-    with _channel(host_port) as channel:
+    with open_channel(host_port) as channel:
         response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=timeout)
     return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
              "error_code": error_codes_pb2.Code.Name(s.status.error_code), "error_message": s.status.error_message}

@@ -16,7 +16,7 @@ from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 
-from app.errors import ModelError
+from app.errors import ConfigError, ModelError
 from serving.text_tokenizer import InGraphBertTokenizer
 
 WARMUP_TEXTS = ("a wonderful, moving film", "dull and far too long", "What is the capital of France ?")
@@ -30,12 +30,19 @@ class ExportConfig:
     version: int | None = None  # default: one more than the newest version in the repository
     max_length: int | None = None  # default: the fine-tuning max_length
 
+    def validate(self):
+        if self.version is not None and self.version < 1:
+            raise ConfigError(f"config key 'version' must be >= 1, got {self.version}",
+                              fix="TF Serving only loads positive integer version dirs")
+        if self.max_length is not None and not 8 <= self.max_length <= 512:
+            raise ConfigError(f"config key 'max_length' is {self.max_length}", fix="use 8..512")
+
 
 class TextClassifierModule(tf.Module):
-    def __init__(self, *, model, vocab: list[str], labels: list[str], max_length: int):
+    def __init__(self, *, model, vocab: list[str], labels: list[str], max_length: int, lower_case: bool = True):
         super().__init__()
         self.model = model
-        self.tokenizer = InGraphBertTokenizer(vocab=vocab, max_length=max_length)
+        self.tokenizer = InGraphBertTokenizer(vocab=vocab, max_length=max_length, lower_case=lower_case)
         self.labels = tf.constant(labels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
@@ -84,16 +91,21 @@ def export_classifier(config: ExportConfig) -> dict:
     """Writes a new version atomically (temp dir, then rename) so a polling server never sees half a model."""
     model, vocab, task = load_classifier(config.model_dir)
     module = TextClassifierModule(model=model, vocab=vocab, labels=task["labels"],
-                                  max_length=config.max_length or task["max_length"])
+                                  max_length=config.max_length or task["max_length"],
+                                  lower_case=task.get("lower_case", True))
     base = Path(config.repo) / config.name
     base.mkdir(parents=True, exist_ok=True)
-    version = config.version or next_version(base)
+    version = next_version(base) if config.version is None else config.version
     final = base / str(version)
     if final.exists():
         raise ModelError(f"version {version} already exists at '{final}'", fix="omit --set version to use the next one")
     staging = base / f".tmp-{version}-{int(time.time())}"
-    tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-    write_warmup(staging, config.name)
+    try:
+        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+        write_warmup(staging, config.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     staging.rename(final)
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     return {"version_dir": str(final), "version": version, "bytes": size, "labels": task["labels"]}

@@ -29,7 +29,7 @@ class ServerProcess:
     def __init__(self, *, model_name: str, model_base_path: str | Path, port: int = 0, rest_api_port: int = 0,
                  extra_flags: tuple[str, ...] = (), timeout: float = 120.0):
         # --rest_api_port=0 disables REST in TF Serving, so "any free port" is resolved here.
-        self.flags = [f"--port={port}", f"--rest_api_port={rest_api_port or free_port()}", f"--model_name={model_name}",
+        self.flags = [f"--port={port or free_port()}", f"--rest_api_port={rest_api_port or free_port()}", f"--model_name={model_name}",
                       f"--model_base_path={Path(model_base_path).resolve()}", *extra_flags]
         self.timeout = timeout
         self.grpc_port: int | None = None
@@ -64,7 +64,8 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         deadline = time.time() + self.timeout
         while time.time() < deadline:
             if self.grpc_port and self.rest_port:
@@ -72,7 +73,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
-        self.stop()
+        self.stop()  # also drains the output, so the message below has the server's last lines
         raise MoatError("the model server did not start: " + (" | ".join(self.lines[-5:]) or "no output"),
                         fix="run `moat serve` with the same flags to see its full log")
 
@@ -84,6 +85,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process:
+            self.reader.join(timeout=5)  # the pipe reaches EOF once the process has exited
+            if not self.reader.is_alive():
+                self.process.stdout.close()
 
     def __enter__(self):
         return self.start()

@@ -15,6 +15,8 @@ import tensorflow_text as tf_text
 class InGraphBertTokenizer(tf.Module):
     def __init__(self, *, vocab: list[str], max_length: int, lower_case: bool = True, name=None):
         super().__init__(name=name)
+        if max_length < 3:
+            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
         self.max_length = max_length
         self.cls_id = vocab.index("[CLS]")
         self.sep_id = vocab.index("[SEP]")

