@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,11 +126,14 @@ def _read_signature_defs(export_dir: str) -> dict:
 class Servable:
     """A loaded SavedModel version; thread-safe to call from many request threads."""
 
-    def __init__(self, *, name: str, version: int, path: str):
+    def __init__(self, *, name: str, version: int, path: str, batcher=None):
         self.name, self.version, self.path = name, version, path
         self.signature_defs = _read_signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=["serve"])
         self._functions = dict(self._loaded.signatures)
+        self.batcher = batcher  # a serving.batching.BatchScheduler when --enable_batching
+        self.signature_calls: Counter = Counter()  # signature name -> times the function ran
+        self._calls_lock = threading.Lock()
 
     def signature_def(self, signature_name: str):
         name = signature_name or DEFAULT_SIGNATURE
@@ -159,16 +163,32 @@ class Servable:
         for index, alias in enumerate(sorted(sig.inputs)):
             array = coerce(inputs[alias], tf.as_dtype(sig.inputs[alias].dtype), arg_index=index)
             _check_shape(alias, array.shape, sig.inputs[alias].tensor_shape)
-            feeds[alias] = tf.constant(array, dtype=tf.as_dtype(sig.inputs[alias].dtype))
+            if self.batcher is not None and array.dtype.kind in "SU":
+                array = array.astype(object)  # bytes and str rows from different requests concatenate
+            feeds[alias] = array
+        if self.batcher is not None:
+            results = self.batcher.submit((self, name), lambda merged: self._run(name, merged), feeds,
+                                          model=self.name)
+        else:
+            results = self._run(name, feeds)
+        wanted = set(output_filter) or set(results)
+        return {alias: value for alias, value in results.items() if alias in wanted}
+
+    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of the signature function (a whole batch when batching)."""
+        sig = self.signature_defs[name]
+        with self._calls_lock:
+            self.signature_calls[name] += 1
         try:
-            results = self._functions[name](**feeds)
+            tensors = {alias: tf.constant(array, dtype=tf.as_dtype(sig.inputs[alias].dtype))
+                       for alias, array in feeds.items()}
+            results = self._functions[name](**tensors)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as err:
             message = getattr(err, "message", None) or str(err)
             raise invalid(message.strip().splitlines()[0] if message else type(err).__name__) from None
         except tf.errors.OpError as err:
             raise ServingError(_code_name(err), err.message) from None
-        wanted = set(output_filter) or set(results)
-        return {alias: value.numpy() for alias, value in results.items() if alias in wanted}
+        return {alias: value.numpy() for alias, value in results.items()}
 
     # -- classify / regress: signatures whose single string input takes serialized tf.Example protos --
 
@@ -248,7 +268,8 @@ class ModelManager:
     """Serves the configured models; `get_servable` is the routing entry point for REST and gRPC."""
 
     def __init__(self, configs: list[ModelConfig], *, poll_wait_seconds: float = 1.0,
-                 enable_warmup: bool = True):
+                 enable_warmup: bool = True, batcher=None):
+        self.batcher = batcher
         self._configs = {c.name: c for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
         self._lock = threading.RLock()
@@ -358,7 +379,7 @@ class ModelManager:
             state.state = LOADING
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         try:
-            servable = Servable(name=name, version=version, path=path)
+            servable = Servable(name=name, version=version, path=path, batcher=self.batcher)
             if self.enable_warmup:
                 self._warmup(servable)
         except Exception as err:  # any load failure is reported in status, never raised to the poller

@@ -62,6 +62,7 @@ class RequestCounter:
     def __init__(self):
         self._counts: Counter = Counter()
         self._lock = threading.Lock()
+        self.extra_sources: list = []  # callables returning more Prometheus text (e.g. batching metrics)
 
     def add(self, *, api: str, model: str, code: str) -> None:
         with self._lock:
@@ -73,7 +74,7 @@ class RequestCounter:
             for (api, model, code), count in sorted(self._counts.items()):
                 lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{code}",'
                              f'api="{api}"}} {count}')
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(source() for source in self.extra_sources)
 
 
 # === Request handling, independent of the HTTP plumbing ===

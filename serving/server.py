@@ -6,8 +6,8 @@ binary cannot be installed in every environment moatkit runs in (no apt repo, no
 binary is on PATH and MOAT_USE_REAL_TFSERVING=1, this entry point execs it with the same arguments instead.
 
 Deviations from tensorflow_model_server: servers bind 127.0.0.1 unless MOAT_BIND_ALL=1; `--port=0` picks a free
-gRPC port (the chosen ports are printed on stdout); batching, TFLite and the session-tuning flags are accepted
-and ignored with one log line each.
+gRPC port (the chosen ports are printed on stdout); TFLite and the session-tuning flags are accepted and ignored
+with one log line each. `--enable_batching` batches concurrent requests as described in serving/batching.py.
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ FLAGS: dict[str, tuple[type, object]] = {
 SUPPORTED = {"port", "rest_api_port", "rest_api_timeout_in_ms", "model_config_file",
              "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "file_system_poll_wait_seconds",
              "enable_model_warmup", "version", "monitoring_config_file", "tensorflow_intra_op_parallelism",
-             "tensorflow_inter_op_parallelism", "saved_model_tags", "rest_api_num_threads", "grpc_max_threads"}
+             "tensorflow_inter_op_parallelism", "saved_model_tags", "rest_api_num_threads", "grpc_max_threads",
+             "enable_batching", "batching_parameters_file"}
 
 
 class FlagError(MoatError):
@@ -112,18 +113,31 @@ def _parse_value(name: str, kind: type, text: str | None):
 
 
 def parse_flags(argv: list[str]) -> Options:
-    """tensorflow_model_server-style flags: `--name=value` (or `--name` / `--noname` for booleans)."""
+    """tensorflow_model_server-style flags: `--name=value` or `--name value` (one or two dashes); booleans
+    also as `--name` / `--noname`, and `--name true|false`."""
     options = Options(values={name: default for name, (_, default) in FLAGS.items()})
-    for arg in argv:
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
         if not arg.startswith("-") or arg in ("-", "--"):
             raise FlagError(f"unexpected argument {arg!r}", fix="flags take the form --name=value")
-        name, _, text = arg.lstrip("-").partition("=")
-        text = text if "=" in arg else None
+        name, eq, text = arg.lstrip("-").partition("=")
+        text = text if eq else None
         if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:], (None,))[0] is bool and text is None:
             name, text = name[2:], "false"
         if name not in FLAGS:
             raise FlagError(f"unknown command line flag '{name}'", fix="see `moat-model-server --help`")
-        options.values[name] = _parse_value(name, FLAGS[name][0], text)
+        kind = FLAGS[name][0]
+        if text is None and index < len(args):
+            following = args[index]
+            if kind is bool:
+                if following.lower() in ("true", "false"):
+                    text, index = following, index + 1
+            elif not following.startswith("--"):
+                text, index = following, index + 1
+        options.values[name] = _parse_value(name, kind, text)
         options.explicit.add(name)
     return options
 
@@ -206,10 +220,21 @@ class ModelServer:
             log.warning("--%s is accepted for tensorflow_model_server compatibility but has no effect here", name)
         prometheus_path = _prometheus_path(opts.monitoring_config_file)
 
+        self.batcher = None
+        if opts.enable_batching:
+            from serving.batching import BatchScheduler, load_batching_parameters
+
+            params = load_batching_parameters(opts.batching_parameters_file)
+            log.info("Batching enabled: %s", params)
+            self.batcher = BatchScheduler(params)
+        elif opts.batching_parameters_file:
+            log.warning("--batching_parameters_file has no effect without --enable_batching")
         self.manager = ModelManager(self._configs(), poll_wait_seconds=opts.file_system_poll_wait_seconds,
-                                    enable_warmup=opts.enable_model_warmup)
+                                    enable_warmup=opts.enable_model_warmup, batcher=self.batcher)
         self.manager.start()  # like TF Serving, the initial load finishes before ports open
         self.counter = rest.RequestCounter()
+        if self.batcher is not None:
+            self.counter.extra_sources.append(self.batcher.prometheus_text)
         self.grpc_server, self.grpc_port, self.health = grpc_service.make_grpc_server(
             self.manager, port=opts.port, counter=self.counter, max_workers=opts.grpc_max_threads or 16)
         self.grpc_server.start()
@@ -268,6 +293,8 @@ class ModelServer:
             self.rest_api.close()
         self.grpc_server.stop(grace=2).wait(5)
         self.manager.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
 
 
 def _read_text(path: str) -> str | None:

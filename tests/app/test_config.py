@@ -89,3 +89,11 @@ def test_validate_hook_runs():
         load_config(FinetuneConfig, None, ["max_length=1024"])
     with pytest.raises(ConfigError, match="split fractions"):
         load_config(FinetuneConfig, None, ["split.test=0.95"])
+
+
+def test_shipped_demo_config_matches_the_embedded_defaults():
+    from pathlib import Path
+
+    from app.pipeline import DemoConfig
+    shipped = Path(__file__).resolve().parents[2] / "app" / "configs" / "demo.yaml"
+    assert load_config(DemoConfig, shipped) == DemoConfig()
