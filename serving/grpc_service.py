@@ -65,6 +65,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if self.counter is not None:
             self.counter.add(api=api, model=model, code="OK")
 
+    def _log(self, kind: str, servable, signature: str, request, response) -> None:
+        """Request logging (the model's logging_config), after a successful call."""
+        logger = self.manager.request_logger(servable.name)
+        if logger is not None and logger.sample():
+            logger.write(kind, request, response, version=servable.version, signature_name=signature)
+
     @_guarded
     def Predict(self, request, context):  # noqa: N802  (gRPC method names)
         servable = _servable(self.manager, request.model_spec)
@@ -76,6 +82,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for alias, array in outputs.items():
             response.outputs[alias].CopyFrom(tensors.to_tensor_proto(array))
         self._count("predict", servable.name)
+        self._log("predict_log", servable, signature, request, response)
         return response
 
     @_guarded
@@ -106,6 +113,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             for label, score in row:
                 classifications.classes.add(label=label, score=score)
         self._count("classify", servable.name)
+        self._log("classify_log", servable, signature, request, response)
         return response
 
     @_guarded
@@ -118,6 +126,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for value in servable.regress(examples, signature_name=signature):
             response.result.regressions.add(value=value)
         self._count("regress", servable.name)
+        self._log("regress_log", servable, signature, request, response)
         return response
 
     @_guarded

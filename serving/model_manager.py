@@ -54,6 +54,7 @@ class ModelConfig:
     num_versions: int = 1
     versions: tuple[int, ...] = ()
     labels: dict[str, int] = field(default_factory=dict)
+    logging: object = None  # serving.request_logging.LoggingSettings from the model's logging_config
 
     def aspired(self, on_disk: list[int]) -> set[int]:
         if self.policy == "all":
@@ -84,6 +85,10 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
             raise ConfigError(f"{source}: every config needs name and base_path")
         which = model.model_version_policy.WhichOneof("policy_choice")
         config = ModelConfig(name=model.name, base_path=model.base_path, labels=dict(model.version_labels))
+        if model.HasField("logging_config"):
+            from serving.request_logging import settings_from_proto
+
+            config.logging = settings_from_proto(model.name, model.logging_config, source=source)
         if which == "all":
             config.policy = "all"
         elif which == "specific":
@@ -279,6 +284,7 @@ class ModelManager:
         self.poll_wait_seconds = poll_wait_seconds
         self.enable_warmup = enable_warmup
         self.warmup_counts: dict[tuple[str, int], int] = {}
+        self._loggers: dict[tuple, object] = {}  # (model, LoggingSettings) -> RequestLogger
         self._missing_logged: set[str] = set()
 
     # -- lifecycle --
@@ -300,6 +306,25 @@ class ModelManager:
                     for state in self._states[name].values():
                         if state.state == AVAILABLE:
                             self._unload(name, state)
+        with self._lock:
+            for logger in self._loggers.values():
+                logger.close()
+            self._loggers.clear()
+
+    def request_logger(self, name: str):
+        """The RequestLogger of a model whose config has a logging_config, else None."""
+        with self._lock:
+            config = self._configs.get(name)
+            if config is None or config.logging is None:
+                return None
+            key = (name, config.logging)
+            if key not in self._loggers:
+                from serving.request_logging import RequestLogger
+
+                for old_key in [k for k in self._loggers if k[0] == name]:
+                    self._loggers.pop(old_key).close()
+                self._loggers[key] = RequestLogger(name, config.logging)
+            return self._loggers[key]
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_wait_seconds):

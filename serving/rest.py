@@ -168,7 +168,7 @@ class RestApi:
         body = tensors.load_json_body(raw)
         signature = body.get("signature_name", "") or "serving_default"
         if verb == "predict":
-            return _predict(servable, signature, body)
+            return _predict(servable, signature, body, self.manager.request_logger(model))
         examples = _examples_from_json(body, verb)
         if verb == "classify":
             results = servable.classify(examples, signature_name=signature)
@@ -179,11 +179,23 @@ class RestApi:
         return '{"results": [' + ", ".join(tensors.format_float(v, "float32") for v in values) + "]}"
 
 
-def _predict(servable: Servable, signature: str, body: dict) -> str:
+def _predict(servable: Servable, signature: str, body: dict, logger=None) -> str:
     if signature not in servable.signature_defs:
         raise invalid(f'Serving signature name: "{signature}" not found in signature def')
     arrays, fmt = tensors.parse_predict_request(body, servable.input_dtypes(signature))
     outputs = servable.predict(arrays, signature_name=signature)
+    if logger is not None and logger.sample():  # logged as the PredictRequest/Response a gRPC client would use
+        from tensorflow_serving.apis import predict_pb2
+
+        request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+        request.model_spec.name = response.model_spec.name = servable.name
+        request.model_spec.signature_name = response.model_spec.signature_name = signature
+        response.model_spec.version.value = servable.version
+        for alias, array in arrays.items():
+            request.inputs[alias].CopyFrom(tensors.to_tensor_proto(array))
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(tensors.to_tensor_proto(array))
+        logger.write("predict_log", request, response, version=servable.version, signature_name=signature)
     return tensors.predict_response_json(outputs, fmt)
 
 

@@ -1,0 +1,32 @@
+"""`moat bench` writes side-by-side measurements as JSON and a markdown table."""
+import json
+
+
+def test_bench_tokenize_and_serve(small_run, tmp_path):
+    from app.bench import BenchConfig, run_bench
+    from serving.export import ExportConfig, export_classifier
+
+    export_classifier(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path / "repo"),
+                                   name="sentiment"))
+    config = BenchConfig(repeats=1, requests=25, model_base_path=str(tmp_path / "repo" / "sentiment"),
+                         out_dir=str(tmp_path / "out"))
+    results = run_bench(config, log=lambda line: None)
+    tokenize = results["tokenize"]
+    assert tokenize["sentences"] == 10_568
+    assert tokenize["ours_sentences_per_s"] > 0 and tokenize["hf_fast_sentences_per_s"] > 0
+    assert abs(tokenize["ratio_ours_over_hf"] - tokenize["ours_sentences_per_s"]
+               / tokenize["hf_fast_sentences_per_s"]) < 0.05 * tokenize["ratio_ours_over_hf"]
+    serve = results["serve"]
+    assert serve["requests"] == 25 and 0 < serve["grpc_p50_ms"] <= serve["grpc_p99_ms"]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text()) == results
+    table = (tmp_path / "out" / "bench.md").read_text().splitlines()
+    assert table[0].startswith("| benchmark |") and len(table) == 4
+
+
+def test_bench_skips_serving_without_a_model(tmp_path, minilm_dir, mr_dir):
+    from app.bench import BenchConfig, run_bench
+
+    results = run_bench(BenchConfig(repeats=1, model_base_path=str(tmp_path / "none"), out_dir=str(tmp_path)),
+                        log=lambda line: None)
+    assert results["serve"] is None
+    assert "skipped: no model" in (tmp_path / "bench.md").read_text()
