@@ -74,11 +74,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from serving.server import main as server_main
-    return server_main(args.flags) or 0
-
-
 def cmd_predict(args) -> int:
     import urllib.error
 
@@ -157,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("serve", help="run moat-model-server (tensorflow_model_server flags, e.g. --port=8500)",
                          add_help=False)
     p.add_argument("flags", nargs=argparse.REMAINDER, help="flags passed to moat-model-server")
-    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("predict", help="send texts to a running server over REST (default) or gRPC")
     p.add_argument("texts", nargs="+", help="sentences to classify")
@@ -178,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # argparse cannot pass `--flag=value` through untouched, so hand them over directly
+        from serving.server import main as server_main
+        return server_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -180,6 +180,7 @@ class BatchScheduler:
         self.input_batch_sizes: Counter = Counter()      # (model, size) -> count of requests
         self.processed_batch_sizes: Counter = Counter()  # (model, padded size) -> count of signature calls
         self.padding_sizes: Counter = Counter()          # (model, padding rows) -> count of signature calls
+        self._metrics_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"moat-batch-{i}", daemon=True)
                          for i in range(params.num_batch_threads)]
         for thread in self._threads:
@@ -213,8 +214,9 @@ class BatchScheduler:
                 queue.batches.append(open_batch)
             open_batch.tasks.append(task)
             open_batch.size += size
-            self.input_batch_sizes[(model, size)] += 1
             self._cond.notify_all()
+        with self._metrics_lock:
+            self.input_batch_sizes[(model, size)] += 1
         task.done.wait()
         if task.error is not None:
             raise task.error
@@ -302,7 +304,8 @@ class BatchScheduler:
                                   f"{np.shape(value)[0] if np.ndim(value) else 0} which doesn't match "
                                   f"batch size {padded}")
         except BaseException as err:
-            self.processed_batch_sizes[(model, padded)] += 1
+            with self._metrics_lock:
+                self.processed_batch_sizes[(model, padded)] += 1
             if len(tasks) == 1:
                 tasks[0].error = err
                 tasks[0].done.set()
@@ -311,8 +314,9 @@ class BatchScheduler:
             for task in tasks:  # each request gets its own result or its own error
                 self._run_group(queue, [task])
             return
-        self.processed_batch_sizes[(model, padded)] += 1
-        self.padding_sizes[(model, padded - total)] += 1
+        with self._metrics_lock:
+            self.processed_batch_sizes[(model, padded)] += 1
+            self.padding_sizes[(model, padded - total)] += 1
         start = 0
         for task in tasks:
             task.result = {alias: value[start:start + task.size] for alias, value in outputs.items()}
@@ -326,7 +330,8 @@ class BatchScheduler:
                                ("padding_size", self.padding_sizes)):
             name = f":tensorflow:serving:batching_session:{metric}"
             lines.append(f"# TYPE {name} histogram")
-            snapshot = dict(counts)
+            with self._metrics_lock:
+                snapshot = dict(counts)
             for model in sorted({m for m, _ in snapshot}):
                 values = {size: n for (m, size), n in snapshot.items() if m == model}
                 running = 0

@@ -168,7 +168,7 @@ class RestApi:
         body = tensors.load_json_body(raw)
         signature = body.get("signature_name", "") or "serving_default"
         if verb == "predict":
-            return _predict(servable, signature, body, self.manager.request_logger(model))
+            return _predict(servable, signature, body, self.manager.request_logger(model), version, label)
         examples = _examples_from_json(body, verb)
         if verb == "classify":
             results = servable.classify(examples, signature_name=signature)
@@ -179,7 +179,7 @@ class RestApi:
         return '{"results": [' + ", ".join(tensors.format_float(v, "float32") for v in values) + "]}"
 
 
-def _predict(servable: Servable, signature: str, body: dict, logger=None) -> str:
+def _predict(servable: Servable, signature: str, body: dict, logger=None, version=None, label=None) -> str:
     if signature not in servable.signature_defs:
         raise invalid(f'Serving signature name: "{signature}" not found in signature def')
     arrays, fmt = tensors.parse_predict_request(body, servable.input_dtypes(signature))
@@ -191,6 +191,10 @@ def _predict(servable: Servable, signature: str, body: dict, logger=None) -> str
         request.model_spec.name = response.model_spec.name = servable.name
         request.model_spec.signature_name = response.model_spec.signature_name = signature
         response.model_spec.version.value = servable.version
+        if version is not None:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
         for alias, array in arrays.items():
             request.inputs[alias].CopyFrom(tensors.to_tensor_proto(array))
         for alias, array in outputs.items():

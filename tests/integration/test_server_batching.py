@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -158,3 +159,72 @@ def test_bad_batching_parameters_file_exits_2(tmp_path):
     assert len(lines) == 1
     assert "final entry in allowed_batch_sizes must equal max_batch_size" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+class SlowModel(tf.Module):
+    """y = max(n) for every row, computed by a loop of max(n) steps (about 2.5 us each): a controllably slow call."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="n")])
+    def serve(self, n):
+        steps = tf.reduce_max(n)
+        i = tf.while_loop(lambda i: i < steps, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+        return {"y": n * 0 + i}
+
+
+def test_full_batch_queue_answers_unavailable(tmp_path):
+    model = SlowModel()
+    tf.saved_model.save(model, str(tmp_path / "slow" / "1"), signatures={"serving_default": model.serve})
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 0 } "
+                      "num_batch_threads { value: 1 } max_enqueued_batches { value: 1 }")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true }\n')
+    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={helpers._free_port()}", "--model_name=slow",
+                                    f"--model_base_path={tmp_path / 'slow'}", "--enable_batching=true",
+                                    f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring}",
+                                    "--file_system_poll_wait_seconds=0"])
+
+    def requests_seen() -> int:
+        with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics", timeout=30) as response:
+            text = response.read().decode()
+        match = re.search(r'^:tensorflow:serving:batching_session:input_batch_size_count{model_name="slow"} (\d+)$',
+                          text, re.M)
+        return int(match.group(1)) if match else 0
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while requests_seen() < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    results = {}
+    try:
+        running = threading.Thread(target=lambda: results.setdefault(
+            "running", client.rest_predict(server.rest, "slow", [2_000_000])))
+        running.start()  # the only batch thread is busy for seconds
+        wait_for(1)
+        time.sleep(0.2)
+        queued = threading.Thread(target=lambda: results.setdefault(
+            "queued", client.rest_predict(server.rest, "slow", [1, 2, 3, 4])))
+        queued.start()  # a full batch: the one batch the queue may hold
+        wait_for(2)
+
+        request = urllib.request.Request(f"http://{server.rest}/v1/models/slow:predict",
+                                         data=json.dumps({"instances": [5]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 503
+        assert json.loads(err.value.read()) == {
+            "error": "The batch scheduling queue to which this task was submitted is full"}
+        with pytest.raises(grpc.RpcError) as rpc_err:
+            client.grpc_predict(server.grpc, "slow", {"n": np.array([6], dtype=np.int64)})
+        assert rpc_err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert rpc_err.value.details() == "The batch scheduling queue to which this task was submitted is full"
+        assert "running" not in results  # the rejections did not wait for the running batch
+
+        running.join(120)
+        queued.join(120)
+        assert results == {"running": {"predictions": [2_000_000]}, "queued": {"predictions": [4, 4, 4, 4]}}
+        assert client.rest_predict(server.rest, "slow", [7]) == {"predictions": [7]}  # serving again
+    finally:
+        server.kill()
