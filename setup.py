@@ -24,6 +24,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "numpy>=1.26",
+        "scipy>=1.11",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],

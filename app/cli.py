@@ -66,11 +66,11 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from serving.export import ExportConfig, export_classifier
+    from serving.export import ExportConfig, export_text_model
     config = _resolve(args, ExportConfig)
     if config is None:
         return 0
-    print(json.dumps(export_classifier(config)))
+    print(json.dumps(export_text_model(config)))
     return 0
 
 

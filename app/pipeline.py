@@ -46,11 +46,11 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
     from models.finetune import finetune
     from models.metrics import softmax
     from serving import client
-    from serving.export import export_classifier, load_classifier
+    from serving.export import export_text_model, load_text_model
     from serving.process import ServerProcess
 
     started = time.time()
-    log(f"[1/4] fine-tuning {config.finetune.model} on {config.finetune.data} (data and weights are fetched and "
+    log(f"[1/4] fine-tuning {config.finetune.model} on {config.finetune.task} (data and weights are fetched and "
         "split on first use)")
     report = finetune(config.finetune, verbose=1 if sys.stdout.isatty() else 2)
     accuracy = report["test"]["accuracy"]
@@ -58,11 +58,11 @@ def run_demo(config: DemoConfig, *, log=print) -> dict:
         f"(train {report['sizes']['train']}, {report['timings']['train_seconds']} s)")
 
     log("[2/4] exporting a SavedModel that tokenizes raw strings in the graph")
-    exported = export_classifier(ExportConfig(model_dir=report["saved_model_dir"], repo=config.repo,
+    exported = export_text_model(ExportConfig(model_dir=report["saved_model_dir"], repo=config.repo,
                                               name=config.model_name))
     log(f"      {exported['version_dir']} ({exported['bytes'] / 1e6:.1f} MB)")
 
-    model, vocab, task = load_classifier(report["saved_model_dir"])
+    model, vocab, task = load_text_model(report["saved_model_dir"])
     from transformers import BertTokenizerFast
     tokenizer = BertTokenizerFast.from_pretrained(report["saved_model_dir"])
     encoded = tokenizer(config.sentences, padding=True, truncation=True, max_length=task["max_length"],

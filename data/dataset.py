@@ -81,6 +81,16 @@ def write_dataset(out_dir: str | Path, records: Iterable[dict], *, name: str, pr
     return manifest
 
 
+def field_value(record: dict, path: str):
+    """record['a']['b'] for path 'a.b'; None when any part is missing."""
+    value = record
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():

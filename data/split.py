@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 
 from app.errors import ConfigError, DataError
-from data.dataset import read_manifest, read_records, write_dataset
+from data.dataset import field_value, read_manifest, read_records, write_dataset
 
 SPLITS = ("train", "dev", "test")
 
@@ -20,7 +20,8 @@ class SplitConfig:
     dev: float = 0.1
     test: float = 0.2
     seed: int = 13
-    stratify: bool = True  # by `label`, when records have one
+    stratify: bool = True
+    stratify_field: str = "label"  # record field to stratify by (dots reach into nested dicts: meta.fine)
 
     def validate(self):
         if not (0 <= self.dev < 1 and 0 < self.test < 1 and self.dev + self.test < 1):
@@ -39,7 +40,7 @@ def split_records(records: list[dict], config: SplitConfig) -> dict[str, list[di
         groups[_normalized(record["text"])].append(record)
     strata: dict = collections.defaultdict(list)
     for members in groups.values():
-        key = members[0].get("label") if config.stratify else None
+        key = field_value(members[0], config.stratify_field) if config.stratify else None
         strata[key].append(members)
     rng = random.Random(config.seed)
     out = {name: [] for name in SPLITS}

@@ -1,7 +1,9 @@
-"""Fine-tune HF `TFBertForSequenceClassification` on a dataset's train split, select on dev, report on test.
+"""Fine-tune HF `TFBertForSequenceClassification` on a task's train split, select on dev, report on test.
 
 Recipe: dynamic padding over length-grouped batches, AdamW with weight-decay exclusions, linear warm-up + decay,
-gradient clipping, best-on-dev weights kept. TensorBoard scalars go to `<run_dir>/{train,eval}/`.
+gradient clipping, early stopping on dev with best-weights restore, seeds, optional class weights, mixed precision
+and any distribution strategy (the model is built inside its scope). Regression (`num_labels=1`) trains on
+standardised scores. TensorBoard: scalars in `<run_dir>/{train,eval}/`, HParams, the confusion matrix image.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 from app import env as _env  # noqa: F401
 
@@ -17,24 +20,33 @@ import numpy as np
 import tensorflow as tf
 
 from app.errors import ConfigError, DataError, ModelError
-from data.dataset import read_manifest, read_records
+from data.dataset import field_value, read_records
 from data.split import SplitConfig, ensure_splits
 from models import metrics as metrics_lib
+from models.distribute import pick_strategy, set_precision, split_cpu
 from models.schedules import WarmupLinearDecay
+from models.tasks import Task, extract, get_task
 
 
 @dataclasses.dataclass
 class FinetuneConfig:
+    task: str = "mr-polarity"  # mr-polarity, mr-intensity, trec-6, trec-50, or classification/regression + data
     model: str = "minilm-l6"  # catalog name or HF-format model dir
-    data: str = "mr"  # catalog name, dataset dir, or dir with train/dev/test dataset dirs
+    data: str | None = None  # default: the task's catalog dataset; or a dataset dir / dir with train,dev,test
+    target: str | None = None  # record field with the label/score; default: the task's
     run_dir: str = "runs/sentiment"
     max_length: int = 64
-    batch_size: int = 32
+    batch_size: int = 32  # global batch, split across replicas
     epochs: int = 1
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float = 1.0
+    patience: int = 2  # early stopping: epochs without dev improvement
+    class_weights: Literal["none", "balanced"] = "none"
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     max_train_examples: int | None = None  # budget knob for demos and tests
     max_eval_examples: int | None = None
     log_every: int = 20
@@ -42,7 +54,10 @@ class FinetuneConfig:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
     def validate(self):
-        for name in ("max_length", "batch_size", "epochs", "log_every"):
+        get_task(self.task)
+        if self.task in ("classification", "regression") and not self.data:
+            raise ConfigError(f"task '{self.task}' needs data=DIR", fix="e.g. --set data=path/to/dataset_dir")
+        for name in ("batch_size", "epochs", "log_every", "patience"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key '{name}' must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
@@ -67,23 +82,10 @@ def resolve_model_dir(model: str) -> Path:
 
 # === Inputs ===
 
-def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-
-
-def _pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
-    return ids, mask
-
-
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator,
                            group: int = 50) -> list[np.ndarray]:
-    """Shuffles, sorts by length within windows of `group` batches, then shuffles the batches.
+    """Shuffles, sorts by length within windows of `group` batches, then shuffles the batches (a short final
+    batch stays last, so tf.data's padded_batch regroups exactly these batches).
 
     Hand-written rather than tf.data's bucket_by_sequence_length because that yields a data-dependent number of
     batches, which the warm-up/decay schedule needs to know exactly in advance.
@@ -95,50 +97,67 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
         chunk = order[start:start + window]
         chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
+    short = [b for b in batches if len(b) < batch_size]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    return full + short
 
 
-def train_dataset(ids: list[list[int]], labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
-    lengths = [len(r) for r in ids]
+def _features(encoded: dict, index: int) -> dict:
+    return {name: np.asarray(encoded[name][index], np.int32) for name in ("input_ids", "attention_mask",
+                                                                           "token_type_ids")}
+
+
+def train_dataset(encoded: dict, targets: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Examples in length-grouped order, padded per batch (dynamic padding), one epoch per generator pass."""
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     epoch = [0]
 
     def generate():
         rng = np.random.default_rng(seed + epoch[0])
         epoch[0] += 1
         for batch in length_grouped_batches(lengths, batch_size, rng):
-            input_ids, mask = _pad([ids[i] for i in batch])
-            yield {"input_ids": input_ids, "attention_mask": mask}, labels[batch]
+            for i in batch:
+                yield _features(encoded, i), targets[i]
 
-    spec = tf.TensorSpec((None, None), tf.int32)
+    spec = tf.TensorSpec((None,), tf.int32)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=(
-        {"input_ids": spec, "attention_mask": spec}, tf.TensorSpec((None,), tf.int32)))
+        {"input_ids": spec, "attention_mask": spec, "token_type_ids": spec},
+        tf.TensorSpec((), tf.as_dtype(targets.dtype))))
     # Keras keeps one iterator across epochs when steps_per_epoch is set: repeat() re-runs the generator (with a
     # new shuffle) each time it is exhausted, and steps_per_epoch makes an epoch exactly one pass.
-    return dataset.repeat().prefetch(2)
+    return dataset.padded_batch(batch_size).repeat().prefetch(2)
 
 
-def predict_logits(model, ids: list[list[int]], batch_size: int = 128) -> np.ndarray:
-    """Logits in input order; batches are formed over length-sorted inputs so padding stays small."""
+def predict_outputs(model, encoded: dict, batch_size: int = 128) -> np.ndarray:
+    """Model outputs (logits) in input order, float32; batches over length-sorted inputs keep padding small."""
+    ids = encoded["input_ids"]
     order = np.argsort([len(r) for r in ids], kind="stable")
     out = np.zeros((len(ids), model.config.num_labels), np.float32)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        input_ids, mask = _pad([ids[i] for i in batch])
-        out[batch] = model(input_ids=input_ids, attention_mask=mask, training=False).logits.numpy()
+        width = max(len(ids[i]) for i in batch)
+        features = {}
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            padded = np.zeros((len(batch), width), np.int32)
+            for row, i in enumerate(batch):
+                padded[row, :len(encoded[name][i])] = encoded[name][i]
+            features[name] = padded
+        out[batch] = tf.cast(model(**features, training=False).logits, tf.float32).numpy()
     return out
 
 
 # === Training ===
 
-class ScalarLogger(tf.keras.callbacks.Callback):
-    """Writes train loss/accuracy/learning rate every `every` steps and dev metrics after each epoch."""
+class EvalAndLog(tf.keras.callbacks.Callback):
+    """Train scalars every `every` steps; after each epoch, dev metrics, best weights and early stopping."""
 
-    def __init__(self, *, run_dir: Path, every: int, evaluate):
+    def __init__(self, *, run_dir: Path, every: int, evaluate, patience: int, classification: bool):
         super().__init__()
         self.train_writer = tf.summary.create_file_writer(str(run_dir / "train"))
         self.eval_writer = tf.summary.create_file_writer(str(run_dir / "eval"))
-        self.every, self.evaluate, self.step = every, evaluate, 0
+        self.every, self.evaluate, self.patience, self.classification = every, evaluate, patience, classification
+        self.step, self.since_best = 0, 0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.best_weights = None
@@ -150,36 +169,25 @@ class ScalarLogger(tf.keras.callbacks.Callback):
             lr = float(lr(self.model.optimizer.iterations) if callable(lr) else lr)
             with self.train_writer.as_default(step=self.step):
                 tf.summary.scalar("loss", logs["loss"])
-                tf.summary.scalar("accuracy", logs["accuracy"])
+                if self.classification:
+                    tf.summary.scalar("accuracy", logs["accuracy"])
                 tf.summary.scalar("learning_rate", lr)
 
     def on_epoch_end(self, epoch, logs=None):
         result = {"epoch": epoch + 1, "step": self.step, **self.evaluate()}
         self.history.append(result)
         with self.eval_writer.as_default(step=self.step):
-            tf.summary.scalar("loss", result["loss"])
-            tf.summary.scalar("accuracy", result["accuracy"])
+            for name in ("loss", "accuracy", "macro_f1", "pearson"):
+                if name in result:
+                    tf.summary.scalar(name, result[name])
         self.eval_writer.flush()
         self.train_writer.flush()
-        if self.best is None or result["accuracy"] > self.best["accuracy"]:
-            self.best, self.best_weights = result, self.model.get_weights()
-
-
-def _load_split(path: Path, label_names: list[str], limit: int | None, seed: int) -> tuple[list[str], np.ndarray]:
-    records = read_records(path)
-    if not records:
-        raise DataError(f"split '{path}' is empty", fix="use a larger dataset or larger split fractions")
-    if any("text_pair" in r for r in records):
-        raise DataError(f"'{path}' holds text pairs, which fine-tuning does not support yet",
-                        fix="remove the text_pair field or concatenate the pair into text")
-    if limit is not None and len(records) > limit:
-        records = [records[i] for i in sorted(np.random.default_rng(seed).choice(len(records), limit, replace=False))]
-    index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted({str(r.get("label")) for r in records if r.get("label") not in index})
-    if unknown:
-        raise DataError(f"'{path}' has labels {unknown[:5]} not in the dataset's label list {label_names}",
-                        fix="fix the manifest 'labels' or the records")
-    return [r["text"] for r in records], np.array([index[r["label"]] for r in records], np.int32)
+        if self.best is None or result["score"] > self.best["score"]:
+            self.best, self.best_weights, self.since_best = result, self.model.get_weights(), 0
+        else:
+            self.since_best += 1
+            if self.since_best >= self.patience:
+                self.model.stop_training = True
 
 
 def build_optimizer(config: FinetuneConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
@@ -191,62 +199,139 @@ def build_optimizer(config: FinetuneConfig, total_steps: int) -> tf.keras.optimi
     return optimizer
 
 
+def _sample(records: list[dict], limit: int | None, seed: int) -> list[dict]:
+    if limit is None or len(records) <= limit:
+        return records
+    return [records[i] for i in sorted(np.random.default_rng(seed).choice(len(records), limit, replace=False))]
+
+
+def load_task_data(config: FinetuneConfig, task: Task) -> tuple[Path, dict, list[str] | None]:
+    """Returns the split dir, {split: (texts, pairs, targets)} and the label names (None for regression)."""
+    data = config.data or task.data
+    target = config.target or task.target
+    split_config = dataclasses.replace(config.split, stratify_field=target) if task.kind == "classification" \
+        else config.split
+    split_dir = ensure_splits(data, split_config)
+    splits, train_labels = {}, set()
+    for name, limit in (("train", config.max_train_examples), ("dev", config.max_eval_examples),
+                        ("test", config.max_eval_examples)):
+        records = read_records(split_dir / name)
+        if not records:
+            raise DataError(f"split '{split_dir / name}' is empty", fix="use a larger dataset or split fractions")
+        if name == "train":  # the label set comes from the whole train split, also when a budget samples it
+            train_labels = {str(field_value(r, target)) for r in records if field_value(r, target) is not None}
+        splits[name] = extract(_sample(records, limit, config.seed), task, target, str(split_dir / name))
+    if task.kind == "regression":
+        return split_dir, splits, None
+    label_names = sorted(train_labels)
+    if len(label_names) < 2:
+        raise DataError(f"the train split of '{data}' has fewer than 2 distinct '{target}' values: {label_names}",
+                        fix="classification needs at least two labels")
+    for name in ("dev", "test"):
+        unseen = sorted(set(splits[name][2]) - set(label_names))
+        if unseen:
+            raise DataError(f"the {name} split of '{data}' has labels never seen in training: {unseen[:5]}",
+                            fix="use a stratified split (the default) or drop those records")
+    return split_dir, splits, label_names
+
+
 def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     """Trains, keeps the best-on-dev weights, evaluates on test and saves `<run_dir>/model`. Returns the report."""
+    from tensorboard.plugins.hparams import api as hparams
     from transformers import BertTokenizerFast, TFBertForSequenceClassification
 
     started = time.time()
+    task = get_task(config.task)
+    classification = task.kind == "classification"
+    split_cpu(config.logical_cpus)
+    set_precision(config.precision)
     tf.keras.utils.set_random_seed(config.seed)
-    split_dir = ensure_splits(config.data, config.split)
-    label_names = read_manifest(split_dir / "train").get("labels")
-    if not label_names:
-        raise DataError(f"'{split_dir}/train' has no labels", fix="fine-tuning needs records with a 'label' field")
+    split_dir, splits, label_names = load_task_data(config, task)
     model_dir = resolve_model_dir(config.model)
     tokenizer = BertTokenizerFast.from_pretrained(model_dir)
-    texts, labels = {}, {}
-    for name, limit in (("train", config.max_train_examples), ("dev", config.max_eval_examples),
-                        ("test", config.max_eval_examples)):
-        texts[name], labels[name] = _load_split(split_dir / name, label_names, limit, config.seed)
-    ids = {name: _encode(tokenizer, texts[name], config.max_length) for name in texts}
+    encoded = {name: tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
+               for name, (texts, pairs, _) in splits.items()}
+    if classification:
+        index = {name: i for i, name in enumerate(label_names)}
+        targets = {name: np.array([index[t] for t in split[2]], np.int32) for name, split in splits.items()}
+        scale = None
+    else:
+        raw = {name: np.array(split[2], np.float32) for name, split in splits.items()}
+        scale = {"mean": float(raw["train"].mean()), "std": float(raw["train"].std() or 1.0)}
+        targets = {name: ((v - scale["mean"]) / scale["std"]).astype(np.float32) for name, v in raw.items()}
 
-    model = TFBertForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)})
-    steps_per_epoch = math.ceil(len(ids["train"]) / config.batch_size)
-    model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    strategy = pick_strategy(config.strategy)
+    steps_per_epoch = math.ceil(len(targets["train"]) / config.batch_size)
+    with strategy.scope():
+        kwargs = ({"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                   "label2id": {n: i for i, n in enumerate(label_names)}} if classification
+                  else {"num_labels": 1, "problem_type": "regression"})
+        model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
+        if classification:
+            cross_entropy = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss = lambda y, logits: cross_entropy(y, tf.cast(logits, tf.float32))  # noqa: E731 (float32 loss)
+            metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        else:
+            squared = tf.keras.losses.MeanSquaredError()
+            loss = lambda y, out: squared(y[:, None], tf.cast(out, tf.float32))  # noqa: E731
+            metrics = []
+        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs), loss=loss, metrics=metrics)
 
-    def evaluate_dev():
-        logits = predict_logits(model, ids["dev"])
-        return metrics_lib.classification_metrics(logits, labels["dev"], label_names, brief=True)
+    def evaluate(name: str, brief: bool) -> dict:
+        outputs = predict_outputs(model, encoded[name])
+        if classification:
+            return metrics_lib.classification_metrics(outputs, targets[name], label_names, brief=brief)
+        return metrics_lib.regression_metrics(outputs[:, 0] * scale["std"] + scale["mean"], raw[name], brief=brief)
 
     run_dir = Path(config.run_dir)
-    logger = ScalarLogger(run_dir=run_dir, every=config.log_every, evaluate=evaluate_dev)
+    logger = EvalAndLog(run_dir=run_dir, every=config.log_every, evaluate=lambda: evaluate("dev", True),
+                        patience=config.patience, classification=classification)
+    class_weight = None
+    if classification and config.class_weights == "balanced":
+        counts = np.bincount(targets["train"], minlength=len(label_names))
+        class_weight = {i: float(len(targets["train"]) / (len(label_names) * max(c, 1))) for i, c in enumerate(counts)}
     train_started = time.time()
-    model.fit(train_dataset(ids["train"], labels["train"], config.batch_size, config.seed), epochs=config.epochs,
-              steps_per_epoch=steps_per_epoch, callbacks=[logger], verbose=verbose)
+    model.fit(train_dataset(encoded["train"], targets["train"], config.batch_size, config.seed),
+              epochs=config.epochs, steps_per_epoch=steps_per_epoch, callbacks=[logger], verbose=verbose,
+              class_weight=class_weight)
     train_seconds = time.time() - train_started
     model.set_weights(logger.best_weights)
 
-    test_logits = predict_logits(model, ids["test"])
-    test = metrics_lib.classification_metrics(test_logits, labels["test"], label_names)
+    test = evaluate("test", False)
+    test_outputs = predict_outputs(model, encoded["test"])
+    hparam_values = {"task": config.task, "learning_rate": config.learning_rate, "epochs": config.epochs,
+                     "batch_size": config.batch_size, "max_length": config.max_length,
+                     "precision": config.precision, "replicas": strategy.num_replicas_in_sync}
     with logger.eval_writer.as_default(step=logger.step):
-        tf.summary.scalar("test_accuracy", test["accuracy"])
+        tf.summary.scalar("test_score", test["score"])
+        tf.summary.scalar("dev_score", logger.best["score"])
+        hparams.hparams(hparam_values, trial_id=run_dir.name)
+        if classification:
+            tf.summary.scalar("test_accuracy", test["accuracy"])
+            tf.summary.image("test_confusion_matrix", metrics_lib.confusion_image(
+                np.array(test["confusion_matrix"]["rows_true_cols_predicted"])))
     logger.eval_writer.close()
     logger.train_writer.close()
+
     saved = run_dir / "model"
     model.save_pretrained(saved)
     tokenizer.save_pretrained(saved)
     (saved / "moat_task.json").write_text(json.dumps({
-        "task": "classification", "labels": label_names, "max_length": config.max_length,
+        "task": task.kind, "name": config.task, "labels": label_names, "target_scale": scale,
+        "max_length": config.max_length, "text_pair": splits["train"][1] is not None,
         "lower_case": bool(getattr(tokenizer, "do_lower_case", True))}, indent=2))
-    metrics_lib.write_predictions(run_dir / "test_predictions.jsonl", texts["test"], test_logits, labels["test"],
-                                  label_names)
-    report = {"config": dataclasses.asdict(config), "model_dir": str(model_dir), "split_dir": str(split_dir),
-              "sizes": {name: len(ids[name]) for name in ids}, "labels": label_names,
+    if not classification:
+        test_outputs = test_outputs * scale["std"] + scale["mean"]
+    metrics_lib.write_predictions(run_dir / "test_predictions.jsonl", splits["test"][0], test_outputs,
+                                  raw["test"] if not classification else targets["test"], label_names)
+    report = {"config": dataclasses.asdict(config), "task": dataclasses.asdict(task), "model_dir": str(model_dir),
+              "split_dir": str(split_dir), "sizes": {name: len(t) for name, t in targets.items()},
+              "labels": label_names, "replicas": strategy.num_replicas_in_sync,
               "dev_history": logger.history, "best_dev": logger.best, "test": test,
               "timings": {"train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
-                          "train_examples_per_second": round(len(ids["train"]) * config.epochs / train_seconds, 1)},
+                          "epochs_run": len(logger.history),
+                          "train_examples_per_second": round(
+                              len(targets["train"]) * len(logger.history) / train_seconds, 1)},
               "saved_model_dir": str(saved), "tensorboard": f"tensorboard --logdir {run_dir}"}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

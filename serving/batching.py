@@ -15,6 +15,9 @@ BatchingSession + SharedBatchScheduler.
   largest shape), padded with copies of the first row up to the next allowed_batch_sizes entry, and the
   outputs are sliced back per task (padding rows dropped). If the merged call fails, each task is rerun on its
   own so an error reaches only the request that caused it.
+- Metrics on the Prometheus page: histograms :tensorflow:serving:batching_session:{input_batch_size,
+  processed_batch_size,padding_size} per model (processed_batch_size_count = signature calls), and the gauge
+  :moat:serving:batching:queued_batches (batches waiting for a batch thread).
 """
 from __future__ import annotations
 
@@ -323,8 +326,19 @@ class BatchScheduler:
             start += task.size
             task.done.set()
 
+    def queued_batches(self) -> Counter:
+        """model -> batches waiting in its queues (not yet taken by a batch thread)."""
+        with self._cond:
+            queued = Counter()
+            for queue in self._queues.values():
+                queued[queue.model] += len(queue.batches)
+            return queued
+
     def prometheus_text(self) -> str:
-        lines = []
+        queued = self.queued_batches()
+        lines = ["# TYPE :moat:serving:batching:queued_batches gauge"]
+        lines += [f':moat:serving:batching:queued_batches{{model_name="{model}"}} {count}'
+                  for model, count in sorted(queued.items())]
         for metric, counts in (("input_batch_size", self.input_batch_sizes),
                                ("processed_batch_size", self.processed_batch_sizes),
                                ("padding_size", self.padding_sizes)):

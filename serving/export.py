@@ -1,8 +1,12 @@
-"""Export a fine-tuned classifier into a TF Serving model repository `<repo>/<model>/<version>/`.
+"""Export a fine-tuned text model into a TF Serving model repository `<repo>/<model>/<version>/`.
 
-The SavedModel's `serving_default` takes raw strings (`text`: (batch,) string) and tokenizes in the graph, so
-clients need no tokenizer. It returns `probabilities` (batch, labels) float32, `label_id` (batch,) int64 and
-`label` (batch,) string. `assets.extra/tf_serving_warmup_requests` holds PredictionLog warm-up requests.
+Signatures (all tokenize raw strings in the graph, so clients need no tokenizer):
+- `serving_default` (predict): `text` (batch,) string → classifiers: `probabilities` (batch, labels) float32,
+  `label_id` (batch,) int64, `label` (batch,) string; regressors: `score` (batch,) float32.
+- `classify` (classifiers; TF Serving Classify API): `inputs` = serialized tf.Example with a bytes feature
+  `text` → `classes` (batch, labels) string, `scores` (batch, labels) float32.
+- `regress` (regressors; TF Serving Regress API): `inputs` as above → `outputs` (batch,) float32.
+`assets.extra/tf_serving_warmup_requests` holds PredictionLog warm-up requests.
 """
 from __future__ import annotations
 
@@ -38,23 +42,71 @@ class ExportConfig:
             raise ConfigError(f"config key 'max_length' is {self.max_length}", fix="use 8..512")
 
 
-class TextClassifierModule(tf.Module):
-    def __init__(self, *, model, vocab: list[str], labels: list[str], max_length: int, lower_case: bool = True):
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+_EXAMPLE_SPEC = tf.TensorSpec([None], tf.string, name="inputs")
+
+
+class TextModelModule(tf.Module):
+    """Raw text → tokenizer → HF model → task outputs, for a classifier (labels) or a regressor (target_scale)."""
+
+    def __init__(self, *, model, vocab: list[str], max_length: int, labels: list[str] | None = None,
+                 target_scale: dict | None = None, lower_case: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = InGraphBertTokenizer(vocab=vocab, max_length=max_length, lower_case=lower_case)
-        self.labels = tf.constant(labels)
+        self.labels = tf.constant(labels) if labels else None
+        scale = target_scale or {"mean": 0.0, "std": 1.0}
+        self.mean, self.std = float(scale["mean"]), float(scale["std"])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    def serve(self, text):
+    def _outputs(self, text):
         input_ids, attention_mask = self.tokenizer(text)  # (batch, seq)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # (batch, labels)
+        return tf.cast(logits, tf.float32)  # (batch, labels) or (batch, 1)
+
+    @staticmethod
+    def _texts(serialized_examples):
+        return tf.io.parse_example(serialized_examples, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
+
+    def predict_labels(self, text):
+        probabilities = tf.nn.softmax(self._outputs(text), axis=-1)  # (batch, labels)
         label_id = tf.argmax(probabilities, axis=-1)
         return {"probabilities": probabilities, "label_id": label_id, "label": tf.gather(self.labels, label_id)}
 
+    def classify(self, inputs):
+        scores = tf.nn.softmax(self._outputs(self._texts(inputs)), axis=-1)  # (batch, labels)
+        classes = tf.tile(self.labels[None, :], [tf.shape(scores)[0], 1])  # (batch, labels)
+        return {"classes": classes, "scores": scores}
 
-def load_classifier(model_dir: str | Path):
+    def predict_score(self, text):
+        return {"score": self._outputs(text)[:, 0] * self.std + self.mean}  # (batch,)
+
+    def regress(self, inputs):
+        return {"outputs": self._outputs(self._texts(inputs))[:, 0] * self.std + self.mean}  # (batch,)
+
+    def signatures(self) -> dict:
+        """Only the task's signatures are traced (a regressor has no labels to classify with)."""
+        text = [tf.TensorSpec([None], tf.string, name="text")]
+        if self.labels is not None:
+            return {"serving_default": tf.function(self.predict_labels, input_signature=text),
+                    "classify": tf.function(self.classify, input_signature=[_EXAMPLE_SPEC])}
+        return {"serving_default": tf.function(self.predict_score, input_signature=text),
+                "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC])}
+
+
+def set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
+    """TF2's saved_model.save marks every signature `predict`; TF Serving's Classify/Regress APIs check the method
+    name, so it is rewritten in saved_model.pb (the same field TF1's signature_def_utils set)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(export_dir) / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    for signature, method in methods.items():
+        saved.meta_graphs[0].signature_def[signature].method_name = method
+    path.write_bytes(saved.SerializeToString())
+
+
+def load_text_model(model_dir: str | Path):
     """Returns (HF TF model, vocab, task info) for a dir written by `moat finetune`."""
     from transformers import TFAutoModelForSequenceClassification
 
@@ -87,12 +139,14 @@ def write_warmup(version_dir: Path, model_name: str, texts=WARMUP_TEXTS) -> None
         writer.write(log.SerializeToString())
 
 
-def export_classifier(config: ExportConfig) -> dict:
+def export_text_model(config: ExportConfig) -> dict:
     """Writes a new version atomically (temp dir, then rename) so a polling server never sees half a model."""
-    model, vocab, task = load_classifier(config.model_dir)
-    module = TextClassifierModule(model=model, vocab=vocab, labels=task["labels"],
-                                  max_length=config.max_length or task["max_length"],
-                                  lower_case=task.get("lower_case", True))
+    model, vocab, task = load_text_model(config.model_dir)
+    if task.get("text_pair"):
+        raise ModelError(f"'{config.model_dir}' was trained on text pairs; export supports single texts so far",
+                         fix="serve it in-process with TFBertForSequenceClassification for now")
+    module = TextModelModule(model=model, vocab=vocab, labels=task.get("labels"), target_scale=task.get("target_scale"),
+                             max_length=config.max_length or task["max_length"], lower_case=task.get("lower_case", True))
     base = Path(config.repo) / config.name
     base.mkdir(parents=True, exist_ok=True)
     version = next_version(base) if config.version is None else config.version
@@ -101,11 +155,15 @@ def export_classifier(config: ExportConfig) -> dict:
         raise ModelError(f"version {version} already exists at '{final}'", fix="omit --set version to use the next one")
     staging = base / f".tmp-{version}-{int(time.time())}"
     try:
-        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+        signatures = module.signatures()
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        set_method_names(staging, {name: CLASSIFY_METHOD if name == "classify" else REGRESS_METHOD
+                                   for name in signatures if name in ("classify", "regress")})
         write_warmup(staging, config.name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     staging.rename(final)
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
-    return {"version_dir": str(final), "version": version, "bytes": size, "labels": task["labels"]}
+    return {"version_dir": str(final), "version": version, "bytes": size, "labels": task.get("labels"),
+            "signatures": sorted(module.signatures())}

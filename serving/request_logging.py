@@ -8,7 +8,7 @@
       }
     }
 
-Each sampled Predict/Classify/Regress request (gRPC, and REST :predict, converted to its PredictRequest) is
+Each sampled Predict/Classify/Regress request (gRPC, or REST converted to the matching request proto) is
 written with its response as one tensorflow.serving.PredictionLog record (log_metadata: model spec with the
 served version and signature, sampling config, saved_model_tags, timestamp) to the TFRecord file
 `<filename_prefix>.<pid>.<start time ms>.tfrecord`, flushed after every record. Records have the warmup-file

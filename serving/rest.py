@@ -170,13 +170,48 @@ class RestApi:
         if verb == "predict":
             return _predict(servable, signature, body, self.manager.request_logger(model), version, label)
         examples = _examples_from_json(body, verb)
+        logger = self.manager.request_logger(model)
         if verb == "classify":
             results = servable.classify(examples, signature_name=signature)
+            if logger is not None and logger.sample():
+                _log_examples(logger, "classify", servable, signature, examples, results, version, label)
             rows = ["[" + ", ".join(f"[{json.dumps(label_)}, {tensors.format_float(score, 'float32')}]"
                                     for label_, score in row) + "]" for row in results]
             return '{"results": [' + ", ".join(rows) + "]}"
         values = servable.regress(examples, signature_name=signature)
+        if logger is not None and logger.sample():
+            _log_examples(logger, "regress", servable, signature, examples, values, version, label)
         return '{"results": [' + ", ".join(tensors.format_float(v, "float32") for v in values) + "]}"
+
+
+def _request_spec(spec, servable: Servable, signature: str, version, label) -> None:
+    spec.name, spec.signature_name = servable.name, signature
+    if version is not None:
+        spec.version.value = version
+    elif label:
+        spec.version_label = label
+
+
+def _log_examples(logger, verb: str, servable: Servable, signature: str, examples: list[bytes], results,
+                  version, label) -> None:
+    """Logs a REST :classify/:regress call as the ClassificationRequest/RegressionRequest it corresponds to."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    if verb == "classify":
+        request, response = classification_pb2.ClassificationRequest(), classification_pb2.ClassificationResponse()
+        for row in results:
+            classifications = response.result.classifications.add()
+            for label_, score in row:
+                classifications.classes.add(label=label_, score=score)
+    else:
+        request, response = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
+        for value in results:
+            response.result.regressions.add(value=value)
+    _request_spec(request.model_spec, servable, signature, version, label)
+    _request_spec(response.model_spec, servable, signature, servable.version, None)
+    for serialized in examples:
+        request.input.example_list.examples.add().ParseFromString(serialized)
+    logger.write(f"{verb}_log", request, response, version=servable.version, signature_name=signature)
 
 
 def _predict(servable: Servable, signature: str, body: dict, logger=None, version=None, label=None) -> str:
@@ -188,13 +223,8 @@ def _predict(servable: Servable, signature: str, body: dict, logger=None, versio
         from tensorflow_serving.apis import predict_pb2
 
         request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
-        request.model_spec.name = response.model_spec.name = servable.name
-        request.model_spec.signature_name = response.model_spec.signature_name = signature
-        response.model_spec.version.value = servable.version
-        if version is not None:
-            request.model_spec.version.value = version
-        elif label:
-            request.model_spec.version_label = label
+        _request_spec(request.model_spec, servable, signature, version, label)
+        _request_spec(response.model_spec, servable, signature, servable.version, None)
         for alias, array in arrays.items():
             request.inputs[alias].CopyFrom(tensors.to_tensor_proto(array))
         for alias, array in outputs.items():

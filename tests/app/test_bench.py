@@ -4,9 +4,9 @@ import json
 
 def test_bench_tokenize_and_serve(small_run, tmp_path):
     from app.bench import BenchConfig, run_bench
-    from serving.export import ExportConfig, export_classifier
+    from serving.export import ExportConfig, export_text_model
 
-    export_classifier(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path / "repo"),
+    export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path / "repo"),
                                    name="sentiment"))
     config = BenchConfig(repeats=1, requests=25, model_base_path=str(tmp_path / "repo" / "sentiment"),
                          out_dir=str(tmp_path / "out"))

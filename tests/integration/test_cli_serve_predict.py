@@ -21,9 +21,9 @@ def test_serve_help_is_the_model_server_help():
 
 
 def test_moat_serve_then_predict(small_run, tmp_path):
-    from serving.export import ExportConfig, export_classifier
+    from serving.export import ExportConfig, export_text_model
 
-    export_classifier(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path), name="sentiment"))
+    export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path), name="sentiment"))
     grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", f"--port={grpc_port}",
                                f"--rest_api_port={rest_port}", "--model_name=sentiment",

@@ -184,16 +184,17 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
                                     f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring}",
                                     "--file_system_poll_wait_seconds=0"])
 
-    def requests_seen() -> int:
+    def metric(name: str) -> int:
         with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics", timeout=30) as response:
             text = response.read().decode()
-        match = re.search(r'^:tensorflow:serving:batching_session:input_batch_size_count{model_name="slow"} (\d+)$',
-                          text, re.M)
+        match = re.search(rf'^{name}{{model_name="slow"}} (\d+)$', text, re.M)
         return int(match.group(1)) if match else 0
 
-    def wait_for(count: int) -> None:
+    def wait_for(requests: int, queued: int) -> None:
+        """Until `requests` requests reached the scheduler and `queued` batches wait for a batch thread."""
         deadline = time.monotonic() + 30
-        while requests_seen() < count:
+        while (metric(":tensorflow:serving:batching_session:input_batch_size_count") < requests
+               or metric(":moat:serving:batching:queued_batches") != queued):
             assert time.monotonic() < deadline
             time.sleep(0.02)
 
@@ -202,12 +203,11 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
         running = threading.Thread(target=lambda: results.setdefault(
             "running", client.rest_predict(server.rest, "slow", [2_000_000])))
         running.start()  # the only batch thread is busy for seconds
-        wait_for(1)
-        time.sleep(0.2)
+        wait_for(1, queued=0)
         queued = threading.Thread(target=lambda: results.setdefault(
             "queued", client.rest_predict(server.rest, "slow", [1, 2, 3, 4])))
         queued.start()  # a full batch: the one batch the queue may hold
-        wait_for(2)
+        wait_for(2, queued=1)
 
         request = urllib.request.Request(f"http://{server.rest}/v1/models/slow:predict",
                                          data=json.dumps({"instances": [5]}).encode())

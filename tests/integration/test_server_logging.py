@@ -5,7 +5,6 @@ import glob
 import importlib.util
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -12,17 +12,17 @@ TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ã
 
 @pytest.fixture(scope="module")
 def exported(small_run, tmp_path_factory):
-    from serving.export import ExportConfig, export_classifier
+    from serving.export import ExportConfig, export_text_model
 
     repo = tmp_path_factory.mktemp("repo")
-    return export_classifier(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(repo), name="sentiment"))
+    return export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(repo), name="sentiment"))
 
 
 def _keras_probabilities(model_dir, texts):
     from transformers import BertTokenizerFast
 
-    from serving.export import load_classifier
-    model, _, task = load_classifier(model_dir)
+    from serving.export import load_text_model
+    model, _, task = load_text_model(model_dir)
     batch = BertTokenizerFast.from_pretrained(model_dir)(texts, padding=True, truncation=True,
                                                          max_length=task["max_length"], return_tensors="np")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=False).logits
@@ -65,5 +65,5 @@ def test_versions_increment_and_bad_model_dir(exported, small_run, tmp_path):
 
     assert next_version(Path(exported["version_dir"]).parent) == 2
     with pytest.raises(ModelError, match="is not a fine-tuned moatkit model"):
-        from serving.export import export_classifier
-        export_classifier(ExportConfig(model_dir=str(tmp_path), repo=str(tmp_path / "repo")))
+        from serving.export import export_text_model
+        export_text_model(ExportConfig(model_dir=str(tmp_path), repo=str(tmp_path / "repo")))
