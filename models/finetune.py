@@ -157,7 +157,7 @@ class EvalAndLog(tf.keras.callbacks.Callback):
         self.train_writer = tf.summary.create_file_writer(str(run_dir / "train"))
         self.eval_writer = tf.summary.create_file_writer(str(run_dir / "eval"))
         self.every, self.evaluate, self.patience, self.classification = every, evaluate, patience, classification
-        self.step, self.since_best = 0, 0
+        self.step, self.since_best, self.eval_seconds = 0, 0, 0.0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.best_weights = None
@@ -174,7 +174,9 @@ class EvalAndLog(tf.keras.callbacks.Callback):
                 tf.summary.scalar("learning_rate", lr)
 
     def on_epoch_end(self, epoch, logs=None):
+        tick = time.time()
         result = {"epoch": epoch + 1, "step": self.step, **self.evaluate()}
+        self.eval_seconds += time.time() - tick
         self.history.append(result)
         with self.eval_writer.as_default(step=self.step):
             for name in ("loss", "accuracy", "macro_f1", "pearson"):
@@ -188,6 +190,25 @@ class EvalAndLog(tf.keras.callbacks.Callback):
             self.since_best += 1
             if self.since_best >= self.patience:
                 self.model.stop_training = True
+
+
+class Float32Loss(tf.keras.losses.Loss):
+    """Cross-entropy on logits (classification) or squared error (regression), computed in float32 whatever the
+    precision policy. A Loss subclass, not a lambda, so Model.fit scales it by the global batch under any strategy."""
+
+    def __init__(self, *, classification: bool, name: str = "float32_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.classification = classification
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)  # (batch, labels) logits or (batch, 1) scores
+        y_true = tf.reshape(y_true, [-1])  # compile() hands labels over as (batch, 1)
+        if self.classification:
+            return tf.keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)  # (batch,)
+        return tf.square(tf.cast(y_true, tf.float32) - y_pred[:, 0])  # (batch,)
+
+    def get_config(self):
+        return {**super().get_config(), "classification": self.classification}
 
 
 def build_optimizer(config: FinetuneConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
@@ -267,15 +288,9 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
                    "label2id": {n: i for i, n in enumerate(label_names)}} if classification
                   else {"num_labels": 1, "problem_type": "regression"})
         model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
-        if classification:
-            cross_entropy = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            loss = lambda y, logits: cross_entropy(y, tf.cast(logits, tf.float32))  # noqa: E731 (float32 loss)
-            metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        else:
-            squared = tf.keras.losses.MeanSquaredError()
-            loss = lambda y, out: squared(y[:, None], tf.cast(out, tf.float32))  # noqa: E731
-            metrics = []
-        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs), loss=loss, metrics=metrics)
+        metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if classification else []
+        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs),
+                      loss=Float32Loss(classification=classification), metrics=metrics)
 
     def evaluate(name: str, brief: bool) -> dict:
         outputs = predict_outputs(model, encoded[name])
@@ -294,7 +309,7 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     model.fit(train_dataset(encoded["train"], targets["train"], config.batch_size, config.seed),
               epochs=config.epochs, steps_per_epoch=steps_per_epoch, callbacks=[logger], verbose=verbose,
               class_weight=class_weight)
-    train_seconds = time.time() - train_started
+    train_seconds = time.time() - train_started - logger.eval_seconds  # dev evaluation is reported apart
     model.set_weights(logger.best_weights)
 
     test = evaluate("test", False)
@@ -328,7 +343,8 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
               "split_dir": str(split_dir), "sizes": {name: len(t) for name, t in targets.items()},
               "labels": label_names, "replicas": strategy.num_replicas_in_sync,
               "dev_history": logger.history, "best_dev": logger.best, "test": test,
-              "timings": {"train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+              "timings": {"train_seconds": round(train_seconds, 1), "dev_eval_seconds": round(logger.eval_seconds, 1),
+                          "total_seconds": round(time.time() - started, 1),
                           "epochs_run": len(logger.history),
                           "train_examples_per_second": round(
                               len(targets["train"]) * len(logger.history) / train_seconds, 1)},

@@ -8,7 +8,7 @@ def test_bench_tokenize_and_serve(small_run, tmp_path):
 
     export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path / "repo"),
                                    name="sentiment"))
-    config = BenchConfig(repeats=1, requests=25, model_base_path=str(tmp_path / "repo" / "sentiment"),
+    config = BenchConfig(repeats=1, requests=25, benchmarks=["tokenize", "serve"], model_base_path=str(tmp_path / "repo" / "sentiment"),
                          out_dir=str(tmp_path / "out"))
     results = run_bench(config, log=lambda line: None)
     tokenize = results["tokenize"]
@@ -20,13 +20,18 @@ def test_bench_tokenize_and_serve(small_run, tmp_path):
     assert serve["requests"] == 25 and 0 < serve["grpc_p50_ms"] <= serve["grpc_p99_ms"]
     assert json.loads((tmp_path / "out" / "bench.json").read_text()) == results
     table = (tmp_path / "out" / "bench.md").read_text().splitlines()
-    assert table[0].startswith("| benchmark |") and len(table) == 4
+    assert table[0].startswith("| benchmark |") and len(table) == 4  # header, rule, tokenize, serve
 
 
-def test_bench_skips_serving_without_a_model(tmp_path, minilm_dir, mr_dir):
+def test_bench_finetune_and_skipped_serving(tmp_path, minilm_dir, mr_dir):
     from app.bench import BenchConfig, run_bench
 
-    results = run_bench(BenchConfig(repeats=1, model_base_path=str(tmp_path / "none"), out_dir=str(tmp_path)),
-                        log=lambda line: None)
-    assert results["serve"] is None
+    results = run_bench(BenchConfig(repeats=1, model_base_path=str(tmp_path / "none"), out_dir=str(tmp_path),
+                                    benchmarks=["serve", "finetune"], finetune_examples=96, finetune_epochs=1,
+                                    max_length=32), log=lambda line: None)
+    assert results["serve"] is None and results["tokenize"] is None
+    finetune = results["finetune"]
+    assert finetune["train_examples"] == 96 and finetune["test_examples"] == 2114
+    assert finetune["ours_examples_per_s"] > 0 and finetune["naive_examples_per_s"] > 0
+    assert 0.3 < finetune["naive_test_accuracy"] < 1 and 0.3 < finetune["ours_test_accuracy"] < 1
     assert "skipped: no model" in (tmp_path / "bench.md").read_text()

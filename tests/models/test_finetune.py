@@ -56,3 +56,17 @@ def test_bad_model_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelError, match="is not an HF model dir"):
         resolve_model_dir(str(tmp_path))
+
+
+def test_float32_loss_takes_labels_in_either_shape():
+    import tensorflow as tf
+
+    from models.finetune import Float32Loss
+
+    scores = tf.constant([[0.5], [-1.0], [2.0]], tf.bfloat16)
+    for targets in (tf.constant([1.0, -1.0, 1.0]), tf.constant([[1.0], [-1.0], [1.0]])):
+        loss = Float32Loss(classification=False)(targets, scores)
+        assert loss.dtype == tf.float32 and abs(float(loss) - (0.25 + 0 + 1) / 3) < 1e-6
+    logits = tf.constant([[2.0, 0.0], [0.0, 2.0]])
+    expected = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits([0, 0], logits)))
+    assert abs(float(Float32Loss(classification=True)(tf.constant([[0], [0]]), logits)) - expected) < 1e-6
