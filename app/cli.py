@@ -58,10 +58,23 @@ def cmd_finetune(args) -> int:
     config = _resolve(args, FinetuneConfig)
     if config is None:
         return 0
-    report = finetune(config, verbose=1 if sys.stdout.isatty() else 2)
+    verbose = 1 if sys.stdout.isatty() else 2
+    if args.sweep:
+        from models.sweep import parse_grid, run_sweep
+        summary = run_sweep(config, parse_grid(args.sweep), verbose=verbose)
+        for row in summary["runs"]:
+            print(f"{row['run']:<40} dev {row['dev_score']:.4f}  test {row['test_score']:.4f}")
+        print(f"best on dev: {summary['best_on_dev']['run']}; HParams: {summary['tensorboard']}")
+        return 0
+    report = finetune(config, verbose=verbose)
     test = report["test"]
-    print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  on {test['examples']} examples; "
-          f"report: {config.run_dir}/report.json; TensorBoard: tensorboard --logdir {config.run_dir}")
+    if "accuracy" in test:
+        scores = f"accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  ECE {test['ece']:.4f}"
+    else:
+        scores = f"Pearson {test['pearson']:.4f}  Spearman {test['spearman']:.4f}  MAE {test['mae']:.4f}"
+    print(f"test {scores}  on {test['examples']} examples (train {report['sizes']['train']}, dev "
+          f"{report['sizes']['dev']}); report: {config.run_dir}/report.json; "
+          f"TensorBoard: tensorboard --logdir {config.run_dir}")
     return 0
 
 
@@ -141,8 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_data_split)
 
-    p = verbs.add_parser("finetune", help="fine-tune a TF BERT classifier (HF TFBertForSequenceClassification)")
+    p = verbs.add_parser("finetune", help="fine-tune a TF BERT classifier (HF TFBertForSequenceClassification)",
+                         description="Tasks: mr-polarity, mr-intensity (regression), trec-6, trec-50, or "
+                                     "classification/regression with --set data=DIR. Writes report.json, "
+                                     "TensorBoard logs and model/ into run_dir.")
     _add_config_flags(p)
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="grid search: one run (and HParams trial) per combination, e.g. --sweep learning_rate=1e-4,5e-5")
     p.set_defaults(func=cmd_finetune)
 
     p = verbs.add_parser("export", help="export a fine-tuned model into a TF Serving model repository")

@@ -7,7 +7,10 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOCHS = 1\nWORKDIR = {workdir!r}"}
+SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOCHS = 1\nWORKDIR = {workdir!r}",
+         "04_finetune.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nWORKDIR = {workdir!r}"}
+EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
+            "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'serving_default']", "best on dev"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
@@ -23,4 +26,5 @@ def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch):
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
-    assert "test accuracy" in outputs and "max |REST - gRPC|" in outputs
+    for expected in EXPECTED[name]:
+        assert expected in outputs, expected
