@@ -37,8 +37,8 @@ class FinetuneConfig:
     run_dir: str = "runs/sentiment"
     max_length: int = 64
     batch_size: int = 32  # global batch, split across replicas
-    epochs: int = 1
-    learning_rate: float = 1e-4
+    epochs: int | None = None  # default: the task's (see models/tasks.py)
+    learning_rate: float | None = None  # peak learning rate; default: the task's
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float = 1.0
@@ -57,8 +57,8 @@ class FinetuneConfig:
         get_task(self.task)
         if self.task in ("classification", "regression") and not self.data:
             raise ConfigError(f"task '{self.task}' needs data=DIR", fix="e.g. --set data=path/to/dataset_dir")
-        for name in ("batch_size", "epochs", "log_every", "patience"):
-            if getattr(self, name) <= 0:
+        for name in ("batch_size", "epochs", "learning_rate", "log_every", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"config key '{name}' must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"config key 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
@@ -263,6 +263,8 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
 
     started = time.time()
     task = get_task(config.task)
+    config = dataclasses.replace(config, epochs=config.epochs or task.epochs,
+                                 learning_rate=config.learning_rate or task.learning_rate)
     classification = task.kind == "classification"
     split_cpu(config.logical_cpus)
     set_precision(config.precision)

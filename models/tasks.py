@@ -17,13 +17,16 @@ class Task:
     data: str | None  # catalog name; None for the generic tasks, which need `data`
     target: str  # record field holding the label or score; dots reach into nested dicts ("meta.fine")
     description: str = ""
+    epochs: int = 3  # the default recipe's budget for this task (measured runs in the README)
+    learning_rate: float = 5e-5
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("mr-polarity", "classification", "mr", "label", "movie-review sentence polarity (binary)"),
-    Task("mr-intensity", "regression", "mr", "score", "movie-review sentiment intensity, mean rating −4..+4"),
-    Task("trec-6", "classification", "trec", "label", "TREC question type, 6 coarse classes"),
-    Task("trec-50", "classification", "trec", "meta.fine", "TREC question type, 50 fine classes"),
+    Task("mr-polarity", "classification", "mr", "label", "movie-review sentence polarity (binary)", 3, 3e-5),
+    Task("mr-intensity", "regression", "mr", "score", "movie-review sentiment intensity, mean rating −4..+4", 3,
+         1e-4),
+    Task("trec-6", "classification", "trec", "label", "TREC question type, 6 coarse classes", 6, 1.5e-4),
+    Task("trec-50", "classification", "trec", "meta.fine", "TREC question type, 50 fine classes", 8, 1.5e-4),
     Task("classification", "classification", None, "label", "any dataset dir with text and a label field"),
     Task("regression", "regression", None, "score", "any dataset dir with text and a numeric score field"),
 ]}

@@ -23,6 +23,6 @@ def small_run(tmp_path_factory, minilm_dir, mr_dir):
     from models.finetune import FinetuneConfig, finetune
 
     run_dir = tmp_path_factory.mktemp("run") / "sentiment"
-    config = FinetuneConfig(run_dir=str(run_dir), max_train_examples=1000, max_eval_examples=400, epochs=2,
+    config = FinetuneConfig(run_dir=str(run_dir), max_train_examples=1000, max_eval_examples=400, epochs=2, learning_rate=1e-4,
                             max_length=48, log_every=5)
     return finetune(config, verbose=0)

@@ -22,7 +22,7 @@ def test_demo_on_a_budget(tmp_path, minilm_dir, mr_dir):
     lines = []
     config = DemoConfig(
         finetune=FinetuneConfig(run_dir=str(tmp_path / "runs" / "sentiment"), max_train_examples=1200,
-                                max_eval_examples=300, epochs=2, max_length=48),
+                                max_eval_examples=300, epochs=2, max_length=48, learning_rate=1e-4),
         repo=str(tmp_path / "models"), latency_requests=10, min_test_accuracy=0.0)
     summary = run_demo(config, log=lines.append)
     _check_summary(summary)
@@ -48,8 +48,8 @@ def test_demo_rejects_accuracy_below_its_floor(tmp_path, minilm_dir, mr_dir):
 
 @pytest.mark.slow
 def test_full_demo_reaches_published_level(tmp_path):
-    config = DemoConfig(finetune=FinetuneConfig(run_dir=str(tmp_path / "runs" / "sentiment")),
-                        repo=str(tmp_path / "models"))
+    config = DemoConfig(repo=str(tmp_path / "models"))
+    config.finetune.run_dir = str(tmp_path / "runs" / "sentiment")
     summary = run_demo(config, log=print)
     _check_summary(summary)
     assert summary["test_accuracy"] >= 0.80
