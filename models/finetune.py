@@ -294,8 +294,8 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
         model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs),
                       loss=Float32Loss(classification=classification), metrics=metrics)
 
-    def evaluate(name: str, brief: bool) -> dict:
-        outputs = predict_outputs(model, encoded[name])
+    def evaluate(name: str, brief: bool, outputs: np.ndarray | None = None) -> dict:
+        outputs = predict_outputs(model, encoded[name]) if outputs is None else outputs
         if classification:
             return metrics_lib.classification_metrics(outputs, targets[name], label_names, brief=brief)
         return metrics_lib.regression_metrics(outputs[:, 0] * scale["std"] + scale["mean"], raw[name], brief=brief)
@@ -314,8 +314,8 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     train_seconds = time.time() - train_started - logger.eval_seconds  # dev evaluation is reported apart
     model.set_weights(logger.best_weights)
 
-    test = evaluate("test", False)
     test_outputs = predict_outputs(model, encoded["test"])
+    test = evaluate("test", False, test_outputs)
     hparam_values = {"task": config.task, "learning_rate": config.learning_rate, "epochs": config.epochs,
                      "batch_size": config.batch_size, "max_length": config.max_length,
                      "precision": config.precision, "replicas": strategy.num_replicas_in_sync}

@@ -22,7 +22,7 @@ class Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("mr-polarity", "classification", "mr", "label", "movie-review sentence polarity (binary)", 3, 3e-5),
+    Task("mr-polarity", "classification", "mr", "label", "movie-review sentence polarity (binary)", 3, 5e-5),
     Task("mr-intensity", "regression", "mr", "score", "movie-review sentiment intensity, mean rating −4..+4", 3,
          1e-4),
     Task("trec-6", "classification", "trec", "label", "TREC question type, 6 coarse classes", 6, 1.5e-4),
