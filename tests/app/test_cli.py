@@ -40,7 +40,7 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
-        "error: config key 'epochs': got 'x', expected int — set it with --set epochs=VALUE"
+        "error: config key 'epochs': got 'x', expected int or null — set it with --set epochs=VALUE"
 
     result = _moat("data", "fetch", "imagenet")
     assert result.returncode == 2
