@@ -95,9 +95,10 @@ def ensure_splits(data: str, config: SplitConfig) -> Path:
         source = fetch(data, kind="dataset")
     # Cached splits are keyed by the split config and the source's shard checksums, so a changed config or a
     # re-fetched source never reuses stale splits.
-    shards = [s["sha256"] for s in read_manifest(source)["shards"]]
+    manifest = read_manifest(source)
+    shards = [s["sha256"] for s in manifest["shards"]]
     key = hashlib.sha1(json.dumps([dataclasses.asdict(config), shards]).encode()).hexdigest()[:12]
-    out = moat_home() / "splits" / f"{read_manifest(source)['name']}-{key}"
+    out = moat_home() / "splits" / f"{manifest['name']}-{key}"
     if not (out / "report.json").is_file():
         split_dataset(source, out, config)
     return out

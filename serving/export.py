@@ -166,4 +166,4 @@ def export_text_model(config: ExportConfig) -> dict:
     staging.rename(final)
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     return {"version_dir": str(final), "version": version, "bytes": size, "labels": task.get("labels"),
-            "signatures": sorted(module.signatures())}
+            "signatures": sorted(signatures)}

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import client
+from serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("serving_test_models", REPO / "tests" / "serving" / "conftest.py")
@@ -40,12 +40,6 @@ def saved_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("server_models")
     return {1: models.save_text_model(str(root / "v1"), offset=0.0),
             2: models.save_text_model(str(root / "v2"), offset=1.0)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:
@@ -106,7 +100,7 @@ model_config_list {{
 """)
     monitoring = config.parent / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    proc = ServerProcess(["--port=0", f"--rest_api_port={_free_port()}", f"--model_config_file={config}",
+    proc = ServerProcess(["--port=0", f"--rest_api_port={free_port()}", f"--model_config_file={config}",
                           f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds=0"])
     try:
         yield proc

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving import client
+from serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +56,7 @@ def batched_server(tmp_path_factory):
     monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     # space-separated and bare-boolean flag forms, as tensorflow_model_server users write them
-    proc = helpers.ServerProcess(["--port=0", f"--rest_api_port={helpers._free_port()}", "--model_name", "text",
+    proc = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}", "--model_name", "text",
                                   "--model_base_path", str(base), "--enable_batching",
                                   "--batching_parameters_file", str(params),
                                   f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds", "0"])
@@ -179,7 +180,7 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
                       "num_batch_threads { value: 1 } max_enqueued_batches { value: 1 }")
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true }\n')
-    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={helpers._free_port()}", "--model_name=slow",
+    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}", "--model_name=slow",
                                     f"--model_base_path={tmp_path / 'slow'}", "--enable_batching=true",
                                     f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring}",
                                     "--file_system_poll_wait_seconds=0"])

@@ -12,6 +12,7 @@ from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_g
 
 from app.errors import ConfigError
 from serving import client
+from serving.process import free_port
 from serving.model_manager import configs_from_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_sampled_requests_are_logged_as_prediction_logs_that_replay(tmp_path):
     prefix = tmp_path / "logs" / "text"
     config = tmp_path / "models.config"
     config.write_text(_config(base, prefix))
-    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={helpers._free_port()}",
+    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}",
                                     f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"])
     try:
         channel = client.open_channel(server.grpc)

@@ -5,11 +5,13 @@ from app import env as _env  # noqa: F401
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+
+from serving.export import CLASSIFY_METHOD, REGRESS_METHOD, set_method_names
 
 
 class TinyTextModel(tf.Module):
@@ -50,24 +52,12 @@ class TinyTextModel(tf.Module):
         return {"outputs": tf.cast(tf.strings.length(self._parse(inputs)), tf.float32) + self.offset}
 
 
-def set_method_name(export_dir: str, signature: str, method: str) -> None:
-    """TF2 saves every signature as `predict`; classify/regress signatures need TF Serving's method names."""
-    path = os.path.join(export_dir, "saved_model.pb")
-    saved = saved_model_pb2.SavedModel()
-    with open(path, "rb") as handle:
-        saved.ParseFromString(handle.read())
-    saved.meta_graphs[0].signature_def[signature].method_name = method
-    with open(path, "wb") as handle:
-        handle.write(saved.SerializeToString())
-
-
 def save_text_model(export_dir: str, *, offset: float) -> str:
     model = TinyTextModel(offset)
     tf.saved_model.save(model, export_dir, signatures={
         "serving_default": model.serve, "numeric": model.numeric,
         "classify": model.classify, "regress": model.regress})
-    set_method_name(export_dir, "classify", "tensorflow/serving/classify")
-    set_method_name(export_dir, "regress", "tensorflow/serving/regress")
+    set_method_names(Path(export_dir), {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD})
     return export_dir
 
 
