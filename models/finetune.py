@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import hashlib
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -51,6 +53,7 @@ class FinetuneConfig:
     max_eval_examples: int | None = None
     log_every: int = 20
     seed: int = 13
+    resume: bool = True  # continue an interrupted run from <run_dir>/checkpoints (same config only)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
     def validate(self):
@@ -108,10 +111,12 @@ def _features(encoded: dict, index: int) -> dict:
                                                                            "token_type_ids")}
 
 
-def train_dataset(encoded: dict, targets: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Examples in length-grouped order, padded per batch (dynamic padding), one epoch per generator pass."""
+def train_dataset(encoded: dict, targets: np.ndarray, batch_size: int, seed: int,
+                  first_epoch: int = 0) -> tf.data.Dataset:
+    """Examples in length-grouped order, padded per batch (dynamic padding), one epoch per generator pass.
+    Epoch k is shuffled with seed + k, so a resumed run sees the batches an uninterrupted one would."""
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    epoch = [0]
+    epoch = [first_epoch]
 
     def generate():
         rng = np.random.default_rng(seed + epoch[0])
@@ -211,6 +216,55 @@ class Float32Loss(tf.keras.losses.Loss):
         return {**super().get_config(), "classification": self.classification}
 
 
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+    """After each epoch (and after EvalAndLog): model + optimizer state, the best-on-dev weights and the logger's
+    history go to <run_dir>/checkpoints, so an interrupted run resumes at the next epoch."""
+
+    def __init__(self, *, directory: Path, fingerprint: str, logger: EvalAndLog, train_clock):
+        super().__init__()
+        self.directory, self.fingerprint, self.logger, self.train_clock = directory, fingerprint, logger, train_clock
+        self.manager = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+                                                  str(self.directory), max_to_keep=1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=epoch + 1)
+        np.savez(self.directory / "best_weights.npz", *self.logger.best_weights)
+        state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "step": self.logger.step,
+                 "history": self.logger.history, "best": self.logger.best, "since_best": self.logger.since_best,
+                 "stopped": bool(self.model.stop_training), "train_seconds": self.train_clock()}
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.directory / "state.json")  # atomic: a crash mid-write never leaves a torn state
+
+
+def config_fingerprint(config: FinetuneConfig) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "log_every")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: str) -> dict | None:
+    """Restores an interrupted run's state into `model` and `logger`; returns the saved state or None."""
+    state_file = directory / "state.json"
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    if state["fingerprint"] != fingerprint:
+        raise ConfigError(f"'{directory}' holds checkpoints of a run with a different config",
+                          fix="use another run_dir, or --set resume=false to start this one over")
+    model.optimizer.build(model.trainable_variables)  # slots must exist before their values are restored
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+        tf.train.latest_checkpoint(str(directory))).assert_existing_objects_matched()
+    with np.load(directory / "best_weights.npz") as saved:
+        logger.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    logger.history, logger.best, logger.since_best, logger.step = (state["history"], state["best"],
+                                                                   state["since_best"], state["step"])
+    return state
+
+
 def build_optimizer(config: FinetuneConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
     schedule = WarmupLinearDecay(peak=config.learning_rate, total_steps=total_steps,
                                  warmup_steps=int(config.warmup_ratio * total_steps))
@@ -256,8 +310,10 @@ def load_task_data(config: FinetuneConfig, task: Task) -> tuple[Path, dict, list
     return split_dir, splits, label_names
 
 
-def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
-    """Trains, keeps the best-on-dev weights, evaluates on test and saves `<run_dir>/model`. Returns the report."""
+def finetune(config: FinetuneConfig, *, verbose: int = 1,
+             callbacks: tuple[tf.keras.callbacks.Callback, ...] = ()) -> dict:
+    """Trains, keeps the best-on-dev weights, evaluates on test and saves `<run_dir>/model`. Returns the report.
+    An interrupted run with the same config resumes from its last finished epoch (`resume=False` starts over)."""
     from tensorboard.plugins.hparams import api as hparams
     from transformers import BertTokenizerFast, TFBertForSequenceClassification
 
@@ -303,15 +359,32 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     run_dir = Path(config.run_dir)
     logger = EvalAndLog(run_dir=run_dir, every=config.log_every, evaluate=lambda: evaluate("dev", True),
                         patience=config.patience, classification=classification)
+    checkpoints = run_dir / "checkpoints"
+    fingerprint = config_fingerprint(config)
+    if not config.resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    resumed = restore_checkpoint(checkpoints, model, logger, fingerprint)
+    first_epoch = resumed["epoch"] if resumed else 0
+    previous_seconds = resumed["train_seconds"] if resumed else 0.0
+    if resumed and verbose:
+        print(f"resuming {run_dir} after epoch {first_epoch} (best dev score {resumed['best']['score']:.4f})")
     class_weight = None
     if classification and config.class_weights == "balanced":
         counts = np.bincount(targets["train"], minlength=len(label_names))
         class_weight = {i: float(len(targets["train"]) / (len(label_names) * max(c, 1))) for i, c in enumerate(counts)}
     train_started = time.time()
-    model.fit(train_dataset(encoded["train"], targets["train"], config.batch_size, config.seed),
-              epochs=config.epochs, steps_per_epoch=steps_per_epoch, callbacks=[logger], verbose=verbose,
-              class_weight=class_weight)
-    train_seconds = time.time() - train_started - logger.eval_seconds  # dev evaluation is reported apart
+
+    def train_clock() -> float:  # dev evaluation is reported apart
+        return round(previous_seconds + time.time() - train_started - logger.eval_seconds, 1)
+
+    if not (resumed and resumed["stopped"]):
+        model.fit(train_dataset(encoded["train"], targets["train"], config.batch_size, config.seed, first_epoch),
+                  epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                  callbacks=[logger, EpochCheckpoint(directory=checkpoints, fingerprint=fingerprint, logger=logger,
+                                                     train_clock=train_clock), *callbacks],
+                  class_weight=class_weight)
+    train_seconds = train_clock()
     model.set_weights(logger.best_weights)
 
     test_outputs = predict_outputs(model, encoded["test"])
@@ -344,12 +417,15 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1) -> dict:
     report = {"config": dataclasses.asdict(config), "task": dataclasses.asdict(task), "model_dir": str(model_dir),
               "split_dir": str(split_dir), "sizes": {name: len(t) for name, t in targets.items()},
               "labels": label_names, "replicas": strategy.num_replicas_in_sync,
+              "resumed_after_epoch": first_epoch or None,
               "dev_history": logger.history, "best_dev": logger.best, "test": test,
               "timings": {"train_seconds": round(train_seconds, 1), "dev_eval_seconds": round(logger.eval_seconds, 1),
                           "total_seconds": round(time.time() - started, 1),
                           "epochs_run": len(logger.history),
+                          "optimizer_steps": int(model.optimizer.iterations.numpy()),
                           "train_examples_per_second": round(
                               len(targets["train"]) * len(logger.history) / train_seconds, 1)},
               "saved_model_dir": str(saved), "tensorboard": f"tensorboard --logdir {run_dir}"}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(checkpoints)  # the run finished: its model is saved; optimizer state is ~3x the model size
     return report
