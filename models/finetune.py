@@ -170,8 +170,8 @@ class EvalAndLog(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         if self.step % self.every == 0:
-            lr = self.model.optimizer.learning_rate
-            lr = float(lr(self.model.optimizer.iterations) if callable(lr) else lr)
+            lr = self.model.optimizer.learning_rate  # the schedule's current value; a MirroredVariable in a scope
+            lr = float(tf.convert_to_tensor(lr(self.model.optimizer.iterations) if callable(lr) else lr))
             with self.train_writer.as_default(step=self.step):
                 tf.summary.scalar("loss", logs["loss"])
                 if self.classification:

@@ -27,7 +27,8 @@ def single(tmp_path_factory, minilm_dir, mr_dir):
 
 
 def test_mirrored_two_replicas_matches_one_device(single, tmp_path):
-    mirrored = _run(tmp_path, "mirrored", "--set", "logical_cpus=2", "--set", "strategy=mirrored")
+    mirrored = _run(tmp_path, "mirrored", "--set", "logical_cpus=2", "--set", "strategy=mirrored",
+                    "--set", "log_every=1")  # also logs the learning rate, a MirroredVariable in this scope
     assert single["replicas"] == 1 and mirrored["replicas"] == 2
     # Same global batch and seed; per-replica dropout streams differ, so the trajectories agree closely, not bitwise.
     assert abs(mirrored["dev_history"][0]["loss"] - single["dev_history"][0]["loss"]) < 5e-3
