@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install clean beam-venv
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,17 +15,30 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Apache Beam caps protobuf < 7 while TensorFlow here needs 7, so Beam gets its own venv: our packages (no deps,
+# editable) plus the `beam` extra from setup.py. data/beam_pipeline.py runs there; tests call it by subprocess.
+BEAM_VENV := .venv-beam
+BEAM_STAMP := $(BEAM_VENV)/.installed
+$(BEAM_STAMP): setup.py
+	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(BEAM_VENV)/bin/python -c "from importlib.metadata import requires; print('\n'.join(r.split(';')[0] for r in requires('moatkit') if 'extra == \"beam\"' in r))" > $(BEAM_VENV)/requirements.txt
+	$(BEAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(BEAM_VENV)/requirements.txt
+	touch $(BEAM_STAMP)
+
+beam-venv: $(BEAM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/moat demo
 
-test: $(STAMP)
+test: $(STAMP) $(BEAM_STAMP)
 	$(BIN)/python -m pytest -q tests
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(BEAM_STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/moat bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BEAM_VENV) build *.egg-info .pytest_cache

@@ -17,6 +17,7 @@ setup(
         "tensorflow-serving-api>=2.21,<2.22",
         "transformers>=4.57,<5",
         "tokenizers>=0.21,<0.23",
+        "blingfire>=0.1.8,<0.2",  # sentence splitting for pretraining examples (data/pretraining.py)
         "safetensors>=0.4",
         "tensorboard>=2.21,<2.22",
         "grpcio>=1.60",
@@ -25,9 +26,21 @@ setup(
         "tqdm>=4.60",
         "numpy>=1.26",
         "scipy>=1.11",
+        "datasketch>=2.0,<3",  # MinHash LSH near-dup (data/dedup.py); 2.x hash scheme, so clusters are stable
+        "sacrebleu>=2.4,<3",  # corpus BLEU for the translation Transformer (models/seq2seq_train.py)
+        "scikit-learn>=1.4",  # data.labeling baseline (hashed bag-of-words logistic regression, k-means)
+        "cleanlab>=2.7,<3",  # data.labeling.quality: confident-learning label-issue filter (no torch needed)
+        "krippendorff>=0.8",  # data.labeling.quality: Krippendorff's alpha over per-rater scores
+        # data/clean.py + data/readers.py: mojibake repair, language id (ships its model), parquet, html text
+        "ftfy>=6.2,<7", "langid>=1.1.6,<2", "pyarrow>=14", "beautifulsoup4>=4.12",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # Beam caps protobuf < 7 and TensorFlow here needs 7: install into its own venv (`make beam-venv`).
+        "beam": ["apache-beam>=2.77,<3", "datasketch>=2.0,<3", "pyyaml>=6", "ftfy>=6.2,<7", "langid>=1.1.6,<2",
+                 "beautifulsoup4>=4.12", "pyarrow>=14", "numpy>=1.26",
+                 "tensorboard>=2.21,<2.22"],  # the data card's TensorBoard text summary (no TensorFlow needed)
+        "hf": ["datasets>=2.19"],  # `moat data prepare --source hf:NAME` (needs the Hugging Face hub)
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["moat=app.cli:main", "moat-model-server=serving.server:main"]},
 )

@@ -1,7 +1,10 @@
 """`moat bench`: side-by-side measurements in one run (ours vs. the reference path), written as JSON + markdown.
 
 - tokenize: the exported model's in-graph tokenizer (tf.text, inside tf.function) vs HF BertTokenizerFast.
-- serve: REST vs gRPC single-sentence latency against moat-model-server, when a model repository exists.
+- serve: the exported model behind moat-model-server, when a model repository exists: p50/p99 latency at 1 client
+  and throughput at 1/8/32 concurrent clients, REST and gRPC, with batching off and on (serving/loadgen.py),
+  against the in-process reference (the loaded SavedModel's serving_default called directly). The full table also
+  goes to serving.json / serving.md.
 - finetune: our recipe (length-grouped dynamic padding, AdamW, warm-up) vs the naive one (pad every sentence to
   max_length, `model.fit` on padded arrays, Adam with linear decay) on the same model, data and epochs.
 """
@@ -9,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
+import os
 import time
 from pathlib import Path
 
 from app.errors import ConfigError
-from app.pipeline import percentile
 from models.finetune import resolve_model_dir
+
+
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer")
 
 
 @dataclasses.dataclass
@@ -27,20 +32,36 @@ class BenchConfig:
     repeats: int = 5
     model_base_path: str = "artifacts/models/sentiment"  # serve bench runs when this holds a version
     model_name: str = "sentiment"
-    requests: int = 200
+    serve_sentence: str = "a wonderful, moving film"
+    serve_seconds: float = 4.0  # measured window per point (after each client's 2 warm-up calls)
+    serve_warmup_seconds: float = 3.0  # untimed single-client load before the first point of each engine
+    serve_clients: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 32])
+    serve_batching: list[bool] = dataclasses.field(default_factory=lambda: [False, True])
+    # Text BatchingParameters for the batching-on server. One batch thread: on 2 cores a second concurrent batch
+    # only competes for the same cores. No allowed_batch_sizes: with dynamic shapes padding would only add rows.
+    # 5 ms instead of 2 ms: +12-15% throughput at 32 clients (larger batches), measured twice each.
+    batching_parameters: str = ("max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } "
+                                "num_batch_threads { value: 1 } max_enqueued_batches { value: 64 }")
     finetune_examples: int | None = 3000  # MR train sentences for the fine-tune bench (null = all 7,398)
     finetune_epochs: int = 2
-    benchmarks: list[str] = dataclasses.field(default_factory=lambda: ["tokenize", "serve", "finetune"])
+    data_max_records: int | None = None  # per catalog source in the clean+dedup bench (null = everything, 32.5 MB)
+    benchmarks: list[str] = dataclasses.field(default_factory=lambda: list(BENCHMARKS))
     out_dir: str = "bench/results"
 
     def validate(self):
-        unknown = set(self.benchmarks) - {"tokenize", "serve", "finetune"}
+        unknown = set(self.benchmarks) - set(BENCHMARKS)
         if unknown:
             raise ConfigError(f"config key 'benchmarks' has unknown entries {sorted(unknown)}",
-                              fix="choose from tokenize, serve, finetune")
-        if self.requests < 20 or self.repeats < 1 or self.batch_size < 1:
-            raise ConfigError("bench needs requests >= 20, repeats >= 1 and batch_size >= 1",
-                              fix="e.g. --set requests=200")
+                              fix=f"choose from {', '.join(BENCHMARKS)}")
+        if self.repeats < 1 or self.batch_size < 1:
+            raise ConfigError("bench needs repeats >= 1 and batch_size >= 1", fix="e.g. --set repeats=5")
+        if self.serve_seconds <= 0 or self.serve_warmup_seconds <= 0 or not self.serve_clients or min(
+                self.serve_clients) < 1:
+            raise ConfigError("config keys 'serve_seconds' and 'serve_warmup_seconds' must be > 0 and "
+                              "'serve_clients' a list of counts >= 1",
+                              fix="e.g. --set serve_seconds=4 --set 'serve_clients=[1,8,32]'")
+        if not self.serve_batching:
+            raise ConfigError("config key 'serve_batching' is empty", fix="use [false, true]")
 
 
 def _best_of(repeats: int, fn) -> float:
@@ -78,36 +99,107 @@ def bench_tokenize(config: BenchConfig) -> dict:
 
 
 def bench_serve(config: BenchConfig) -> dict | None:
-    import numpy as np
+    """Every point runs for serve_seconds with closed-loop clients (serving/loadgen.py); one server per batching
+    mode, both protocols against the same server."""
+    import tempfile
 
-    from serving import client
+    import numpy as np
+    import tensorflow as tf
+
+    from serving import client, loadgen
     from serving.process import ServerProcess
 
     base = Path(config.model_base_path)
-    if not any(p.name.isdigit() for p in base.glob("*")):
+    versions = sorted((int(p.name), p) for p in base.glob("*") if p.name.isdigit() and p.is_dir())
+    if not versions:
         return None
-    sentence = ["a wonderful, moving film"]
-    with ServerProcess(model_name=config.model_name, model_base_path=base) as server:
-        client.wait_until_available(config.model_name, rest=server.rest_address, timeout=120)
-        timings = {"rest": [], "grpc": []}
-        # Both clients behave as long-lived ones: urllib keeps no connection, so REST pays a TCP connect per call
-        # (as curl does); gRPC reuses one channel (as a serving client does).
-        with client.open_channel(server.grpc_address) as channel:
-            for i in range(config.requests):
-                tick = time.perf_counter()
-                client.rest_predict(server.rest_address, config.model_name, sentence)
-                timings["rest"].append((time.perf_counter() - tick) * 1000)
-                tick = time.perf_counter()
-                client.grpc_predict(server.grpc_address, config.model_name,
-                                    {"text": np.array(sentence, dtype=object)}, channel=channel)
-                timings["grpc"].append((time.perf_counter() - tick) * 1000)
-    result = {"requests": config.requests}
-    for name, values in timings.items():
-        values = values[5:]  # the first calls include warm-up of both paths
-        result[f"{name}_p50_ms"] = round(statistics.median(values), 2)
-        result[f"{name}_p99_ms"] = round(percentile(values, 0.99), 2)
-    result["ratio_grpc_over_rest_p50"] = round(result["rest_p50_ms"] / result["grpc_p50_ms"], 3)
+    sentence = [config.serve_sentence]
+    load_start = round(os.getloadavg()[0], 2)  # the machine's other load, reported next to the numbers
+
+    def measure(make_call, clients):
+        return loadgen.run_load(make_call, clients=clients, seconds=config.serve_seconds).summary()
+
+    def prime(make_call):
+        """A freshly loaded model answers 2-4x slower for its first few dozen calls (measured), so every engine
+        gets the same untimed warm-up before its first measured point."""
+        loadgen.run_load(make_call, clients=1, seconds=config.serve_warmup_seconds)
+
+    signature = tf.saved_model.load(str(versions[-1][1])).signatures["serving_default"]
+    reference = loadgen.in_process_client(signature, {"text": sentence})
+    prime(reference)
+    in_process = measure(reference, 1)
+    del signature, reference
+
+    points = []
+    with tempfile.TemporaryDirectory(prefix="moat-bench-serve-") as tmp:
+        params_file = Path(tmp) / "batching_parameters.txt"
+        params_file.write_text(config.batching_parameters)
+        for batching in config.serve_batching:
+            # gRPC handler threads cap the concurrent requests (and so the batch sizes); TF Serving's gRPC server
+            # has no such cap, so allow one per client.
+            flags = [f"--grpc_max_threads={max(max(config.serve_clients), 16)}"]
+            if batching:
+                flags += ["--enable_batching", f"--batching_parameters_file={params_file}"]
+            with ServerProcess(model_name=config.model_name, model_base_path=base, extra_flags=tuple(flags)) as server:
+                client.wait_until_available(config.model_name, rest=server.rest_address, timeout=120)
+                makers = {"rest": loadgen.rest_client(server.rest_address, config.model_name, sentence),
+                          "grpc": loadgen.grpc_client(server.grpc_address, config.model_name,
+                                                      {"text": np.array(sentence, dtype=object)})}
+                prime(makers["grpc"])
+                for protocol, make_call in makers.items():
+                    for clients in config.serve_clients:
+                        points.append({"protocol": protocol, "batching": batching, **measure(make_call, clients)})
+
+    def point(protocol, batching, clients):
+        return next((p for p in points if (p["protocol"], p["batching"], p["clients"]) == (protocol, batching,
+                                                                                              clients)), None)
+
+    result = {"model": str(versions[-1][1]), "sentence": config.serve_sentence, "seconds_per_point": config.serve_seconds,
+              "batching_parameters": config.batching_parameters, "cpu_count": os.cpu_count(),
+              "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+              "in_process": in_process, "points": points}
+    single = {proto: point(proto, False, 1) or point(proto, True, 1) for proto in ("rest", "grpc")}
+    for proto, p in single.items():
+        if p and p["p50_ms"]:
+            result[f"{proto}_p50_ms"], result[f"{proto}_p99_ms"] = p["p50_ms"], p["p99_ms"]
+            result[f"{proto}_p50_over_in_process"] = round(p["p50_ms"] / in_process["p50_ms"], 3)
+    most = max(config.serve_clients)
+    for proto in ("rest", "grpc"):
+        on, off = point(proto, True, most), point(proto, False, most)
+        if on and off and off["req_per_s"]:
+            result[f"{proto}_batching_speedup_at_{most}"] = round(on["req_per_s"] / off["req_per_s"], 3)
     return result
+
+
+def _serve_rows(s: dict) -> list[str]:
+    """The summary rows for bench.md."""
+    ref = s["in_process"]
+    rows = []
+    if "grpc_p50_ms" in s:
+        rows.append(f"| predict 1 sentence, 1 client, p50 ms | gRPC: {s['grpc_p50_ms']} (p99 {s['grpc_p99_ms']}); "
+                    f"REST: {s['rest_p50_ms']} (p99 {s['rest_p99_ms']}) | in-process signature call: "
+                    f"{ref['p50_ms']} (p99 {ref['p99_ms']}) | gRPC {round(ref['p50_ms'] / s['grpc_p50_ms'], 3)}; "
+                    f"REST {round(ref['p50_ms'] / s['rest_p50_ms'], 3)} |")
+    for key, value in s.items():
+        if "_batching_speedup_at_" in key:
+            proto, clients = key.split("_")[0], key.rsplit("_", 1)[1]
+            on = next(p for p in s["points"] if p["protocol"] == proto and p["batching"] and p["clients"] == int(clients))
+            off = next(p for p in s["points"] if p["protocol"] == proto and not p["batching"]
+                       and p["clients"] == int(clients))
+            rows.append(f"| {'gRPC' if proto == 'grpc' else 'REST'} throughput, {clients} clients (req/s) | "
+                        f"batching on: {on['req_per_s']} | batching off: {off['req_per_s']} | {value} |")
+    return rows
+
+
+def serving_table(s: dict) -> str:
+    lines = ["| path | batching | clients | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
+    ref = s["in_process"]
+    lines.append(f"| in-process signature call | – | 1 | {ref['req_per_s']} | {ref['p50_ms']} | {ref['p99_ms']} | "
+                 f"{ref['errors']} |")
+    for p in s["points"]:
+        lines.append(f"| {'gRPC' if p['protocol'] == 'grpc' else 'REST'} | {'on' if p['batching'] else 'off'} | "
+                     f"{p['clients']} | {p['req_per_s']} | {p['p50_ms']} | {p['p99_ms']} | {p['errors']} |")
+    return "\n".join(lines) + "\n"
 
 
 def bench_finetune(config: BenchConfig, work_dir: Path) -> dict:
@@ -161,29 +253,52 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
 
     results = {"tokenize": bench_tokenize(config) if "tokenize" in config.benchmarks else None,
                "serve": bench_serve(config) if "serve" in config.benchmarks else None,
-               "finetune": None}
+               "finetune": None, "data": None, "transformer": None}
     if "finetune" in config.benchmarks:
         with tempfile.TemporaryDirectory(prefix="moat-bench-") as tmp:
             results["finetune"] = bench_finetune(config, Path(tmp))
+    if "data" in config.benchmarks:
+        from data.bench import bench_clean_dedup
+        results["data"] = bench_clean_dedup(max_records=config.data_max_records)
+    if "transformer" in config.benchmarks:
+        from models.seq2seq_bench import bench_transformer
+        results["transformer"] = bench_transformer()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
+    previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
+    stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}
+    (out / "bench.json").write_text(json.dumps(stored, indent=2))
     lines = ["| benchmark | ours | reference | ratio (>1 = ours faster) |", "|---|---|---|---|"]
-    if t := results["tokenize"]:
+    if t := stored["tokenize"]:
         lines.append(f"| tokenize, batch {t['batch_size']} (sentences/s) | in-graph tf.text: "
                      f"{t['ours_sentences_per_s']} | HF BertTokenizerFast: {t['hf_fast_sentences_per_s']} "
                      f"| {t['ratio_ours_over_hf']} |")
-    if f := results["finetune"]:
+    if f := stored["finetune"]:
         lines.append(f"| fine-tune MiniLM on {f['train_examples']} MR sentences × {f['epochs']} epochs "
                      f"(train examples/s; test accuracy on {f['test_examples']}) | ours: {f['ours_examples_per_s']}; "
                      f"{f['ours_test_accuracy']} | naive padded recipe: {f['naive_examples_per_s']}; "
                      f"{f['naive_test_accuracy']} | {f['ratio_ours_over_naive']} |")
-    if s := results["serve"]:
-        lines.append(f"| predict 1 sentence, p50 ms | gRPC: {s['grpc_p50_ms']} | REST: {s['rest_p50_ms']} "
-                     f"| {s['ratio_grpc_over_rest_p50']} |")
-    elif "serve" in config.benchmarks:
+    if d := stored.get("data"):
+        both = d["clean_dedup"]
+        lines.append(f"| clean + dedup {d['documents']:,} docs / {d['megabytes']} MB of catalog text (per CPU-second "
+                     f"= per core) | {both['docs_per_s_per_core']:,} docs/s, {both['mb_per_s_per_core']} MB/s | | |")
+    if m := stored.get("transformer"):
+        for key, label in (("train_tokens_per_second", "train tokens/s"),
+                           ("greedy_sentences_per_second", "greedy decode sentences/s"),
+                           ("beam_sentences_per_second", f"beam-{m['beam_size']} decode sentences/s")):
+            lines.append(f"| Transformer {label} (batch {m['batch']}) | ours: {m['ours'][key]} | "
+                         f"tf.keras MultiHeadAttention: {m['keras_mha'][key]} | {m[f'ratio_{key}']} |")
+    if (s := stored["serve"]) and "in_process" in s:  # older runs stored another shape
+        lines += _serve_rows(s)
+    if results["serve"]:
+        (out / "serving.json").write_text(json.dumps(results["serve"], indent=2))
+        (out / "serving.md").write_text(serving_table(results["serve"]))
+    if "serve" in config.benchmarks and not results["serve"]:
         lines.append(f"| predict 1 sentence | skipped: no model under {config.model_base_path} (run `make demo`) | | |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     log("\n".join(lines))
+    if results["serve"]:
+        log(serving_table(results["serve"]))
     log(f"results: {out / 'bench.json'}")
     return results

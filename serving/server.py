@@ -6,8 +6,12 @@ binary cannot be installed in every environment moatkit runs in (no apt repo, no
 binary is on PATH and MOAT_USE_REAL_TFSERVING=1, this entry point execs it with the same arguments instead.
 
 Deviations from tensorflow_model_server: servers bind 127.0.0.1 unless MOAT_BIND_ALL=1; `--port=0` picks a free
-gRPC port (the chosen ports are printed on stdout); TFLite and the session-tuning flags are accepted and ignored
-with one log line each. `--enable_batching` batches concurrent requests as described in serving/batching.py.
+gRPC port (the chosen ports are printed on stdout); the session-tuning flags are accepted and ignored with one log
+line each. `--prefer_tflite_model` serves a version's `model.tflite` when present (serving/tflite_servable.py).
+`--enable_batching` batches concurrent requests as described in serving/batching.py.
+Safety: request bodies are capped (REST: --rest_api_max_request_bytes, an extension flag, answered with HTTP 413;
+gRPC: grpc.max_receive_message_length in --grpc_channel_arguments, RESOURCE_EXHAUSTED), both 128 MiB by default
+where TF Serving allows 2 GiB; SIGTERM drains in-flight requests before the process exits.
 """
 from __future__ import annotations
 
@@ -73,12 +77,15 @@ FLAGS: dict[str, tuple[type, object]] = {
     "mixed_precision": (str, ""),
     "skip_initialize_tpu": (bool, False),
     "use_tflite_model": (bool, False),
+    # moatkit extension (tensorflow_model_server has no REST body limit): larger bodies get HTTP 413
+    "rest_api_max_request_bytes": (int, 128 * 1024 * 1024),
 }
 SUPPORTED = {"port", "rest_api_port", "rest_api_timeout_in_ms", "model_config_file",
              "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "file_system_poll_wait_seconds",
              "enable_model_warmup", "version", "monitoring_config_file", "tensorflow_intra_op_parallelism",
              "tensorflow_inter_op_parallelism", "saved_model_tags", "rest_api_num_threads", "grpc_max_threads",
-             "enable_batching", "batching_parameters_file"}
+             "enable_batching", "batching_parameters_file", "prefer_tflite_model",
+             "grpc_channel_arguments", "rest_api_max_request_bytes"}
 
 
 class FlagError(MoatError):
@@ -159,11 +166,46 @@ def validate(options: Options) -> None:
     if options.model_config_file and not os.path.isfile(options.model_config_file):
         raise FlagError(f"--model_config_file={options.model_config_file}: no such file",
                         fix="pass a text-format ModelServerConfig file")
+    if options.model_config_file:  # syntax only, and before TensorFlow loads: a typo fails in a second
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+
+        try:
+            text_format.Parse(_read_text(options.model_config_file) or "", model_server_config_pb2.ModelServerConfig())
+        except text_format.ParseError as err:
+            raise FlagError(f"--model_config_file={options.model_config_file}: Error parsing text-format "
+                            f"tensorflow.serving.ModelServerConfig: {err}",
+                            fix="see tensorflow_serving/config/model_server_config.proto") from None
     for name in ("port", "rest_api_port"):
         if not 0 <= options.values[name] <= 65535:
             raise FlagError(f"--{name}={options.values[name]}: not a port number", fix="use 0..65535")
+    if not options.model_config_file and (options.model_name in ("", ".", "..") or re.search(
+            r"[/\\\x00-\x1f]", options.model_name)):
+        raise FlagError(f"--model_name={options.model_name!r}: not a usable model name",
+                        fix="use a plain name without '/' or '\\', such as --model_name=sentiment")
+    if options.rest_api_max_request_bytes <= 0:
+        raise FlagError(f"--rest_api_max_request_bytes={options.rest_api_max_request_bytes}: must be positive",
+                        fix="e.g. --rest_api_max_request_bytes=134217728 (128 MiB, the default)")
+    try:
+        parse_channel_arguments(options.grpc_channel_arguments)
+    except ValueError as err:
+        raise FlagError(str(err), fix="use --grpc_channel_arguments=grpc.max_receive_message_length=8388608,...")
     if options.rest_api_port and options.rest_api_port == options.port:
         raise FlagError("--rest_api_port must differ from --port", fix="e.g. --port=8500 --rest_api_port=8501")
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, object]]:
+    """--grpc_channel_arguments: `key=value,key=value`; integer values are passed as ints (as TF Serving does)."""
+    arguments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        try:
+            arguments.append((key.strip(), int(value)))
+        except ValueError:
+            arguments.append((key.strip(), value.strip()))
+    return arguments
 
 
 def _prometheus_path(monitoring_config_file: str) -> str | None:
@@ -230,13 +272,15 @@ class ModelServer:
         elif opts.batching_parameters_file:
             log.warning("--batching_parameters_file has no effect without --enable_batching")
         self.manager = ModelManager(self._configs(), poll_wait_seconds=opts.file_system_poll_wait_seconds,
-                                    enable_warmup=opts.enable_model_warmup, batcher=self.batcher)
+                                    enable_warmup=opts.enable_model_warmup, batcher=self.batcher,
+                                    prefer_tflite=opts.prefer_tflite_model)
         self.manager.start()  # like TF Serving, the initial load finishes before ports open
         self.counter = rest.RequestCounter()
         if self.batcher is not None:
             self.counter.extra_sources.append(self.batcher.prometheus_text)
         self.grpc_server, self.grpc_port, self.health = grpc_service.make_grpc_server(
-            self.manager, port=opts.port, counter=self.counter, max_workers=opts.grpc_max_threads or 16)
+            self.manager, port=opts.port, counter=self.counter, max_workers=opts.grpc_max_threads or 64,
+            channel_arguments=parse_channel_arguments(opts.grpc_channel_arguments))
         self.grpc_server.start()
         grpc_service.set_health(self.health, self.manager, serving=True)
         host = grpc_service.bind_host()
@@ -245,7 +289,8 @@ class ModelServer:
         if opts.rest_api_port:
             self.rest_api = rest.RestApi(self.manager, timeout_ms=opts.rest_api_timeout_in_ms, counter=self.counter,
                                          prometheus_path=prometheus_path)
-            self.http_server = rest.make_http_server(self.rest_api, port=opts.rest_api_port)
+            self.http_server = rest.make_http_server(self.rest_api, port=opts.rest_api_port,
+                                                     max_request_bytes=opts.rest_api_max_request_bytes)
             self.rest_port = self.http_server.server_address[1]
             self._threads.append(rest.serve_in_thread(self.http_server))
             print(f"Exporting HTTP/REST API at:localhost:{self.rest_port} ...", flush=True)
@@ -281,17 +326,27 @@ class ModelServer:
             self._threads.append(thread)
 
     def stop(self) -> None:
+        """Graceful shutdown: refuse new connections and RPCs at once, let in-flight requests finish (for at
+        most --rest_api_timeout_in_ms, the longest a REST request may run anyway), then unload the models."""
         from serving import grpc_service
 
         if self._stopped.is_set():
             return
         self._stopped.set()
         grpc_service.set_health(self.health, self.manager, serving=False)
+        grace = max(self.options.rest_api_timeout_in_ms / 1000, 1.0)
         if self.http_server is not None:
-            self.http_server.shutdown()
-            self.http_server.server_close()
+            self.http_server.shutdown()  # the accept loop ends ...
+            self.http_server.server_close()  # ... and the listening socket closes: new connections are refused
+        grpc_stopped = self.grpc_server.stop(grace=grace)  # new RPCs fail at once; running ones get `grace`
+        if self.http_server is not None:
+            busy = self.http_server.in_flight.count
+            if busy:
+                log.info("Waiting for %d in-flight REST request(s)", busy)
+            if not self.http_server.in_flight.wait_idle(grace):
+                log.warning("REST requests still running after %.0fs; stopping anyway", grace)
             self.rest_api.close()
-        self.grpc_server.stop(grace=2).wait(5)
+        grpc_stopped.wait(grace + 1)
         self.manager.stop()
         if self.batcher is not None:
             self.batcher.stop()

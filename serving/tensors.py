@@ -38,6 +38,7 @@ UNKNOWN = "UNKNOWN"
 
 ROW = "row"
 COLUMNAR = "columnar"
+MAX_RANK = 32  # numpy's lowest limit on array dimensions (1.x); TensorFlow allows 254
 
 
 class ServingError(MoatError):
@@ -156,6 +157,9 @@ def json_to_array(value, dtype: tf.DType) -> np.ndarray:
     """A nested JSON list (or scalar / b64 object) -> numpy array of the signature's dtype."""
     dtype = tf.as_dtype(dtype)
     shape = _dense_shape(value)
+    if len(shape) > MAX_RANK:
+        raise invalid(f"JSON Value: {_json_str(value)[:200]} has {len(shape)} nested lists; "
+                      f"a tensor can have at most {MAX_RANK} dimensions")
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
     np_dtype = object if dtype == tf.string else dtype.as_numpy_dtype
@@ -241,6 +245,8 @@ def load_json_body(raw: bytes):
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise invalid(f"JSON Parse error: {err}") from None
+    except RecursionError:
+        raise invalid("JSON Parse error: the document is nested too deeply") from None
     if not isinstance(body, dict):
         raise invalid(f"JSON Value: {_json_str(body)} Is not object")
     signature = body.get("signature_name", "")
@@ -342,11 +348,35 @@ def to_tensor_proto(array):
     return tf.make_tensor_proto(array)
 
 
-def from_tensor_proto(proto) -> np.ndarray:
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+
+
+def from_tensor_proto(proto, *, alias: str = "", max_bytes: int | None = None) -> np.ndarray:
+    """TensorProto -> numpy, rejecting what TensorFlow's Tensor::FromProto rejects before anything is allocated:
+    a bad dtype or shape, tensor_content of the wrong size, and (our addition) a tensor whose dense form would
+    exceed `max_bytes` (a 20-byte proto may declare shape [2**40] with one value to broadcast)."""
+    parse_error = invalid(f"tensor parsing error: {alias}" if alias else "tensor parsing error")
+    try:
+        dtype = tf.as_dtype(proto.dtype)
+    except TypeError:
+        raise parse_error from None
+    if dtype in (tf.resource, tf.variant) or dtype._is_ref_dtype or proto.tensor_shape.unknown_rank:
+        raise parse_error
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise parse_error
+    count = math.prod(dims)
+    itemsize = 8 if dtype == tf.string else dtype.size
+    if max_bytes is not None and count * itemsize > max_bytes:
+        raise ServingError(RESOURCE_EXHAUSTED, f"Input tensor {alias or ''} of shape {dims} and type "
+                           f"{dtype_name(dtype)} needs {count * itemsize} bytes, more than the "
+                           f"{max_bytes}-byte request limit".replace("tensor  of", "tensor of"))
+    if proto.tensor_content and len(proto.tensor_content) != count * itemsize:
+        raise parse_error
     try:
         return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as err:
-        raise invalid(f"Malformed TensorProto: {err}") from None
+    except Exception:  # numpy/TF raise TypeError, ValueError or worse on malformed value lists
+        raise parse_error from None
 
 
 def coerce(array: np.ndarray, dtype: tf.DType, *, arg_index: int = 0) -> np.ndarray:

@@ -8,9 +8,23 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOCHS = 1\nWORKDIR = {workdir!r}",
-         "04_finetune.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nWORKDIR = {workdir!r}"}
+         "01_data.ipynb": "LIMIT = 600\nWORKDIR = {workdir!r}",
+         "01_labeling.ipynb": "GOLD_BUDGET = 200\nMR_SAMPLE = 600\nSELECT = 20\nWORKDIR = {workdir!r}",
+         "01_tokenizer.ipynb": "VOCAB_SIZE = 3000\nMAX_DOCUMENTS = 60\nPARITY_TEXTS = 1000\nWORKDIR = {workdir!r}",
+         "02_transformer.ipynb": "TRAIN_PAIRS = 600\nSTEPS = 12\nTEST_PAIRS = 8\nWORKDIR = {workdir!r}",
+         "04_finetune.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nWORKDIR = {workdir!r}",
+         "05_serving.ipynb": "TRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nTFLITE = False\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
-            "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'serving_default']", "best on dev"]}
+            "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
+                              "clusters,", "cache hit in"],
+            "01_labeling.ipynb": ["held-out accuracy: weighted", "Krippendorff alpha (interval):", "selected 20 of",
+                                  "augmented copies keep labels: True"],
+            "01_tokenizer.ipynb": ["in-graph exact match: 1000/1000", "masked fraction", "(8, 128) int32", "epoch 2 masks"],
+            "02_transformer.ipynb": ["max |ours - keras|", "greedy cached == uncached: True",
+                                     "beam cached == uncached: True", "test BLEU", "exported:"],
+            "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'serving_default']", "best on dev"],
+            "05_serving.ipynb": ["REST predictions", "gRPC probabilities", "max |REST - gRPC|", "gRPC classify",
+                                 "AVAILABLE", "processed_batch_size_count", "server stopped"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))

@@ -2,25 +2,19 @@
 import json
 
 
-def test_bench_tokenize_and_serve(small_run, tmp_path):
+def test_bench_tokenize(tmp_path):
     from app.bench import BenchConfig, run_bench
-    from serving.export import ExportConfig, export_text_model
 
-    export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path / "repo"),
-                                   name="sentiment"))
-    config = BenchConfig(repeats=1, requests=25, benchmarks=["tokenize", "serve"], model_base_path=str(tmp_path / "repo" / "sentiment"),
-                         out_dir=str(tmp_path / "out"))
+    config = BenchConfig(repeats=1, benchmarks=["tokenize"], out_dir=str(tmp_path / "out"))
     results = run_bench(config, log=lambda line: None)
     tokenize = results["tokenize"]
     assert tokenize["sentences"] == 10_568
     assert tokenize["ours_sentences_per_s"] > 0 and tokenize["hf_fast_sentences_per_s"] > 0
     assert abs(tokenize["ratio_ours_over_hf"] - tokenize["ours_sentences_per_s"]
                / tokenize["hf_fast_sentences_per_s"]) < 0.05 * tokenize["ratio_ours_over_hf"]
-    serve = results["serve"]
-    assert serve["requests"] == 25 and 0 < serve["grpc_p50_ms"] <= serve["grpc_p99_ms"]
     assert json.loads((tmp_path / "out" / "bench.json").read_text()) == results
     table = (tmp_path / "out" / "bench.md").read_text().splitlines()
-    assert table[0].startswith("| benchmark |") and len(table) == 4  # header, rule, tokenize, serve
+    assert table[0].startswith("| benchmark |") and len(table) == 3  # header, rule, tokenize
 
 
 def test_bench_finetune_and_skipped_serving(tmp_path, minilm_dir, mr_dir):

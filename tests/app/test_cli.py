@@ -7,8 +7,10 @@ import pytest
 
 from app.cli import build_parser
 
-VERBS = [["data"], ["data", "list"], ["data", "fetch"], ["data", "split"], ["finetune"], ["export"], ["predict"],
-         ["demo"], ["bench"]]
+VERBS = [["data"], ["data", "list"], ["data", "fetch"], ["data", "split"], ["data", "prepare"], ["data", "dedup"],
+         ["data", "tokenizer"], ["data", "pretraining-examples"], ["data", "label"],
+         *[["data", "label", v] for v in ("weak", "select", "merge", "quality", "augment")],
+         ["finetune"], ["train-seq2seq"], ["export"], ["predict"], ["demo"], ["bench"]]
 ROOT = Path(__file__).resolve().parents[2]
 
 

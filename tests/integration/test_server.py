@@ -3,13 +3,9 @@ from app import env as _env  # noqa: F401
 
 import base64
 import gzip
-import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,13 +20,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import client
-from serving.process import free_port
+from tests import serving_helpers as models
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("serving_test_models", REPO / "tests" / "serving" / "conftest.py")
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
-
 TEXTS = ["hi", "a somewhat longer sentence", "héllo wörld"]
 START_TIMEOUT = 60
 
@@ -40,43 +32,6 @@ def saved_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("server_models")
     return {1: models.save_text_model(str(root / "v1"), offset=0.0),
             2: models.save_text_model(str(root / "v2"), offset=1.0)}
-
-
-class ServerProcess:
-    def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", *args], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.grpc = self.rest = None
-        deadline = time.monotonic() + START_TIMEOUT
-        want_rest = any(a.startswith("--rest_api_port=") and not a.endswith("=0") for a in args)
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if line.startswith("Running gRPC ModelServer at "):
-                    self.grpc = line.split(" at ")[1].split()[0]
-                if line.startswith("Exporting HTTP/REST API at:"):
-                    self.rest = "127.0.0.1:" + line.split(":")[2].split()[0]
-            if self.grpc and (self.rest or not want_rest):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.kill()
-        raise AssertionError("server did not start:\n" + "".join(self.lines[-40:]))
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -100,23 +55,16 @@ model_config_list {{
 """)
     monitoring = config.parent / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    proc = ServerProcess(["--port=0", f"--rest_api_port={free_port()}", f"--model_config_file={config}",
-                          f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds=0"])
+    proc = models.start_server(model_config_file=config, extra_flags=(
+        f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds=0"))
     try:
         yield proc
     finally:
-        proc.kill()
+        proc.stop()
 
 
 def _http(server, method: str, path: str, body=None, *, headers=None):
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{server.rest}{path}", data=data, method=method,
-                                     headers=headers or {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return models.http(server.rest_address, method, path, body, headers=headers)
 
 
 def _expected(export_dir: str, texts: list[str]) -> dict:
@@ -167,7 +115,7 @@ def test_rest_row_and_columnar_predict(server, saved_models):
 
 
 def test_rest_float_text_is_shortest_float32_repr(server):
-    request = urllib.request.Request(f"http://{server.rest}/v1/models/text:predict",
+    request = urllib.request.Request(f"http://{server.rest_address}/v1/models/text:predict",
                                      data=json.dumps({"instances": ["hi"]}).encode())
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
@@ -183,11 +131,12 @@ def test_rest_b64_gzip_labels_versions_and_numeric(server, saved_models):
     assert _http(server, "POST", "/v1/models/text:predict", zipped,
                  headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}) == (200, plain)
     v1 = _expected(saved_models[1], ["hi"])
-    assert client.rest_predict(server.rest, "text", ["hi"], label="stable")["predictions"][0]["probabilities"] \
+    assert client.rest_predict(server.rest_address, "text", ["hi"], label="stable")["predictions"][0]["probabilities"] \
         == _as_json_floats(v1["probabilities"])[0]
-    assert client.rest_predict(server.rest, "text", ["hi"], version=1) == \
-        client.rest_predict(server.rest, "text", ["hi"], label="stable")
-    body = client.rest_predict(server.rest, "text", [{"x": [1, 2, 3], "scale": 2.0}, {"x": [0, 0, 3], "scale": 1}],
+    assert client.rest_predict(server.rest_address, "text", ["hi"], version=1) == \
+        client.rest_predict(server.rest_address, "text", ["hi"], label="stable")
+    body = client.rest_predict(server.rest_address, "text",
+                               [{"x": [1, 2, 3], "scale": 2.0}, {"x": [0, 0, 3], "scale": 1}],
                                signature_name="numeric", version=1)
     assert body == {"predictions": [4.0, 1.0]}
 
@@ -227,29 +176,29 @@ def test_rest_classify_and_regress(server):
 
 def test_prometheus_metrics_and_warmup_log(server):
     _http(server, "POST", "/v1/models/text:predict", {"instances": ["a"]})
-    with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics", timeout=30) as response:
+    with urllib.request.urlopen(f"http://{server.rest_address}/monitoring/prometheus/metrics", timeout=30) as response:
         text = response.read().decode()
     assert ':tensorflow:serving:request_count{model_name="text",status="OK",api="predict"}' in text
-    assert "Number of warmup records read: 2." in server.log()
+    assert "Number of warmup records read: 2." in server.output()
 
 
 # === gRPC ===
 
 def test_grpc_predict_matches_rest_and_in_process(server, saved_models):
-    out = client.grpc_predict(server.grpc, "text", {"text": np.array(TEXTS, dtype=object)})
+    out = client.grpc_predict(server.grpc_address, "text", {"text": np.array(TEXTS, dtype=object)})
     expected = _expected(saved_models[2], TEXTS)
     np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-6)
     assert out["label"].tolist() == expected["label"].tolist()
-    rest = client.rest_predict(server.rest, "text", TEXTS)["predictions"]
+    rest = client.rest_predict(server.rest_address, "text", TEXTS)["predictions"]
     np.testing.assert_allclose(out["probabilities"], [r["probabilities"] for r in rest], atol=1e-6)
-    v1 = client.grpc_predict(server.grpc, "text", {"text": np.array(TEXTS, dtype=object)}, version=1,
+    v1 = client.grpc_predict(server.grpc_address, "text", {"text": np.array(TEXTS, dtype=object)}, version=1,
                              output_filter=("probabilities",))
     assert set(v1) == {"probabilities"}
     np.testing.assert_allclose(v1["probabilities"], _expected(saved_models[1], TEXTS)["probabilities"], atol=1e-6)
 
 
 def test_grpc_raw_stub_errors_and_labels(server):
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_address))
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "text"
     request.model_spec.version_label = "stable"
@@ -273,12 +222,12 @@ def test_grpc_raw_stub_errors_and_labels(server):
 
 
 def test_grpc_metadata_status_health_and_classify(server):
-    signatures = client.grpc_metadata(server.grpc, "text", version=2)
+    signatures = client.grpc_metadata(server.grpc_address, "text", version=2)
     assert signatures["serving_default"].inputs["text"].dtype == tf.string.as_datatype_enum
-    assert client.grpc_model_status(server.grpc, "text") == [
+    assert client.grpc_model_status(server.grpc_address, "text") == [
         {"version": 2, "state": "AVAILABLE", "error_code": "OK", "error_message": ""},
         {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}]
-    channel = grpc.insecure_channel(server.grpc)
+    channel = grpc.insecure_channel(server.grpc_address)
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "text"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
@@ -322,29 +271,29 @@ def test_bad_flags_exit_2_with_one_line(args, fragment):
 def test_single_model_polls_new_versions_and_stops_on_sigterm(saved_models, tmp_path):
     base = tmp_path / "model"
     models.install_version(saved_models, str(base), 1)
-    proc = ServerProcess(["--port=0", "--model_name=text", f"--model_base_path={base}",
-                          "--file_system_poll_wait_seconds=1"])
+    proc = models.start_server(model_name="text", model_base_path=base,
+                               extra_flags=("--file_system_poll_wait_seconds=1",))
     try:
-        assert client.grpc_model_status(proc.grpc, "text")[0]["version"] == 1
+        assert client.grpc_model_status(proc.grpc_address, "text")[0]["version"] == 1
         models.install_version(saved_models, str(base), 2)
-        client.wait_until_available("text", grpc_target=proc.grpc, version=2, timeout=START_TIMEOUT)
-        out = client.grpc_predict(proc.grpc, "text", {"text": np.array(["hi"], dtype=object)})
+        client.wait_until_available("text", grpc_target=proc.grpc_address, version=2, timeout=START_TIMEOUT)
+        out = client.grpc_predict(proc.grpc_address, "text", {"text": np.array(["hi"], dtype=object)})
         np.testing.assert_allclose(out["probabilities"], models.expected_probs(["hi"], 1.0), atol=1e-6)
         deadline = time.monotonic() + START_TIMEOUT
-        while client.grpc_model_status(proc.grpc, "text")[-1]["state"] != "END" and time.monotonic() < deadline:
+        while client.grpc_model_status(proc.grpc_address, "text")[-1]["state"] != "END" and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [s["state"] for s in client.grpc_model_status(proc.grpc, "text")] == ["AVAILABLE", "END"]
+        assert [s["state"] for s in client.grpc_model_status(proc.grpc_address, "text")] == ["AVAILABLE", "END"]
 
         from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
         reload = model_management_pb2.ReloadConfigRequest()
         for name in ("text", "alias"):
             reload.config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
-        stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(proc.grpc))
+        stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(proc.grpc_address))
         assert stub.HandleReloadConfigRequest(reload, timeout=60).status.error_code == 0
-        assert client.grpc_model_status(proc.grpc, "alias")[0]["state"] == "AVAILABLE"
+        assert client.grpc_model_status(proc.grpc_address, "alias")[0]["state"] == "AVAILABLE"
 
-        proc.proc.send_signal(signal.SIGTERM)
-        assert proc.proc.wait(timeout=30) == 0
-        assert "Server stopped" in proc.log()
+        assert proc.terminate(timeout=30) == 0
+        proc.stop()  # joins the output reader
+        assert "Server stopped" in proc.output()
     finally:
-        proc.kill()
+        proc.stop()

@@ -1,7 +1,6 @@
 """moat-model-server --enable_batching end to end: concurrent REST and gRPC clients against a live subprocess."""
 from app import env as _env  # noqa: F401
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -19,20 +18,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving import client
-from serving.process import free_port
+from tests import serving_helpers as models
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-models = _load("serving_test_models", REPO / "tests" / "serving" / "conftest.py")
-helpers = _load("serving_server_helpers", REPO / "tests" / "integration" / "test_server.py")
 
 N_REST, N_GRPC = 8, 8
 BATCHING = """
@@ -56,18 +44,18 @@ def batched_server(tmp_path_factory):
     monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     # space-separated and bare-boolean flag forms, as tensorflow_model_server users write them
-    proc = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}", "--model_name", "text",
-                                  "--model_base_path", str(base), "--enable_batching",
-                                  "--batching_parameters_file", str(params),
-                                  f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds", "0"])
+    proc = models.start_server(model_name="text", model_base_path=base, extra_flags=(
+        "--enable_batching", "--batching_parameters_file", str(params),
+        f"--monitoring_config_file={monitoring}", "--file_system_poll_wait_seconds", "0"))
     try:
         yield proc, export
     finally:
-        proc.kill()
+        proc.stop()
 
 
 def _metric(server, name: str) -> float:
-    with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics", timeout=30) as response:
+    with urllib.request.urlopen(f"http://{server.rest_address}/monitoring/prometheus/metrics",
+                                    timeout=30) as response:
         text = response.read().decode()
     match = re.search(rf'^:tensorflow:serving:batching_session:{name}{{model_name="text"}} (\d+)$', text, re.M)
     return int(match.group(1)) if match else 0
@@ -99,9 +87,9 @@ def test_concurrent_rest_and_grpc_requests_share_signature_calls(batched_server)
     calls_before, requests_before = _metric(server, "processed_batch_size_count"), \
         _metric(server, "input_batch_size_count")
 
-    channel = client.open_channel(server.grpc)
-    calls = [lambda t=t: client.rest_predict(server.rest, "text", t) for t in texts[:N_REST]]
-    calls += [lambda t=t: client.grpc_predict(server.grpc, "text", {"text": np.array(t, dtype=object)},
+    channel = client.open_channel(server.grpc_address)
+    calls = [lambda t=t: client.rest_predict(server.rest_address, "text", t) for t in texts[:N_REST]]
+    calls += [lambda t=t: client.grpc_predict(server.grpc_address, "text", {"text": np.array(t, dtype=object)},
                                               channel=channel) for t in texts[N_REST:]]
     results = _concurrently(calls)
     channel.close()
@@ -123,14 +111,14 @@ def test_concurrent_rest_and_grpc_requests_share_signature_calls(batched_server)
 
 def test_batching_errors_stay_with_their_request(batched_server):
     server, _ = batched_server
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_address))
     bad = predict_pb2.PredictRequest()
     bad.model_spec.name = "text"
     bad.inputs["text"].CopyFrom(tf.make_tensor_proto([1.0]))
-    calls = [lambda: client.rest_predict(server.rest, "text", ["ok"]),
+    calls = [lambda: client.rest_predict(server.rest_address, "text", ["ok"]),
              lambda: stub.Predict(bad, timeout=30),
-             lambda: client.rest_predict(server.rest, "text", ["x"] * 65),
-             lambda: client.rest_predict(server.rest, "text", ["fine", "too"])]
+             lambda: client.rest_predict(server.rest_address, "text", ["x"] * 65),
+             lambda: client.rest_predict(server.rest_address, "text", ["fine", "too"])]
     ok, wrong_type, too_big, ok2 = _concurrently(calls)
     assert [p["label"] for p in ok["predictions"]] == ["short"]
     assert [p["label"] for p in ok2["predictions"]] == ["long", "short"]  # offset 0.5: 4/7 - 0.5 > 0
@@ -139,7 +127,7 @@ def test_batching_errors_stay_with_their_request(batched_server):
     assert isinstance(too_big, client.RestError)
     assert (too_big.status, too_big.message) == (400, "Task size 65 is larger than maximum input batch size 64")
 
-    request = urllib.request.Request(f"http://{server.rest}/v1/models/text:predict",
+    request = urllib.request.Request(f"http://{server.rest_address}/v1/models/text:predict",
                                      data=json.dumps({"instances": ["x"] * 65}).encode())
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=30)
@@ -162,31 +150,20 @@ def test_bad_batching_parameters_file_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-class SlowModel(tf.Module):
-    """y = max(n) for every row, computed by a loop of max(n) steps (about 2.5 us each): a controllably slow call."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="n")])
-    def serve(self, n):
-        steps = tf.reduce_max(n)
-        i = tf.while_loop(lambda i: i < steps, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
-        return {"y": n * 0 + i}
-
-
 def test_full_batch_queue_answers_unavailable(tmp_path):
-    model = SlowModel()
-    tf.saved_model.save(model, str(tmp_path / "slow" / "1"), signatures={"serving_default": model.serve})
+    models.save_slow_model(str(tmp_path / "slow" / "1"))
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 0 } "
                       "num_batch_threads { value: 1 } max_enqueued_batches { value: 1 }")
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true }\n')
-    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}", "--model_name=slow",
-                                    f"--model_base_path={tmp_path / 'slow'}", "--enable_batching=true",
-                                    f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring}",
-                                    "--file_system_poll_wait_seconds=0"])
+    server = models.start_server(model_name="slow", model_base_path=tmp_path / "slow", extra_flags=(
+        "--enable_batching=true", f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring}",
+        "--file_system_poll_wait_seconds=0"))
 
     def metric(name: str) -> int:
-        with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics", timeout=30) as response:
+        with urllib.request.urlopen(f"http://{server.rest_address}/monitoring/prometheus/metrics",
+                                    timeout=30) as response:
             text = response.read().decode()
         match = re.search(rf'^{name}{{model_name="slow"}} (\d+)$', text, re.M)
         return int(match.group(1)) if match else 0
@@ -202,15 +179,15 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
     results = {}
     try:
         running = threading.Thread(target=lambda: results.setdefault(
-            "running", client.rest_predict(server.rest, "slow", [2_000_000])))
+            "running", client.rest_predict(server.rest_address, "slow", [2_000_000])))
         running.start()  # the only batch thread is busy for seconds
         wait_for(1, queued=0)
         queued = threading.Thread(target=lambda: results.setdefault(
-            "queued", client.rest_predict(server.rest, "slow", [1, 2, 3, 4])))
+            "queued", client.rest_predict(server.rest_address, "slow", [1, 2, 3, 4])))
         queued.start()  # a full batch: the one batch the queue may hold
         wait_for(2, queued=1)
 
-        request = urllib.request.Request(f"http://{server.rest}/v1/models/slow:predict",
+        request = urllib.request.Request(f"http://{server.rest_address}/v1/models/slow:predict",
                                          data=json.dumps({"instances": [5]}).encode())
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=30)
@@ -218,7 +195,7 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
         assert json.loads(err.value.read()) == {
             "error": "The batch scheduling queue to which this task was submitted is full"}
         with pytest.raises(grpc.RpcError) as rpc_err:
-            client.grpc_predict(server.grpc, "slow", {"n": np.array([6], dtype=np.int64)})
+            client.grpc_predict(server.grpc_address, "slow", {"n": np.array([6], dtype=np.int64)})
         assert rpc_err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert rpc_err.value.details() == "The batch scheduling queue to which this task was submitted is full"
         assert "running" not in results  # the rejections did not wait for the running batch
@@ -226,6 +203,6 @@ def test_full_batch_queue_answers_unavailable(tmp_path):
         running.join(120)
         queued.join(120)
         assert results == {"running": {"predictions": [2_000_000]}, "queued": {"predictions": [4, 4, 4, 4]}}
-        assert client.rest_predict(server.rest, "slow", [7]) == {"predictions": [7]}  # serving again
+        assert client.rest_predict(server.rest_address, "slow", [7]) == {"predictions": [7]}  # serving again
     finally:
-        server.kill()
+        server.stop()

@@ -2,8 +2,6 @@
 from app import env as _env  # noqa: F401
 
 import glob
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,21 +10,8 @@ from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_g
 
 from app.errors import ConfigError
 from serving import client
-from serving.process import free_port
 from serving.model_manager import configs_from_text
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-models = _load("serving_test_models", REPO / "tests" / "serving" / "conftest.py")
-helpers = _load("serving_server_helpers", REPO / "tests" / "integration" / "test_server.py")
+from tests import serving_helpers as models
 
 N_GRPC, N_REST, RATE = 150, 50, 0.5
 
@@ -62,18 +47,17 @@ def test_sampled_requests_are_logged_as_prediction_logs_that_replay(tmp_path):
     prefix = tmp_path / "logs" / "text"
     config = tmp_path / "models.config"
     config.write_text(_config(base, prefix))
-    server = helpers.ServerProcess(["--port=0", f"--rest_api_port={free_port()}",
-                                    f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"])
+    server = models.start_server(model_config_file=config, extra_flags=("--file_system_poll_wait_seconds=0",))
     try:
-        channel = client.open_channel(server.grpc)
+        channel = client.open_channel(server.grpc_address)
         sent = set()
         for i in range(N_GRPC):
             texts = [f"grpc request {i}"]
             sent.add(texts[0])
-            client.grpc_predict(server.grpc, "text", {"text": np.array(texts, dtype=object)}, channel=channel)
+            client.grpc_predict(server.grpc_address, "text", {"text": np.array(texts, dtype=object)}, channel=channel)
         for i in range(N_REST):
             sent.add(f"rest request {i}")
-            client.rest_predict(server.rest, "text", [f"rest request {i}"])
+            client.rest_predict(server.rest_address, "text", [f"rest request {i}"])
 
         (path,) = glob.glob(f"{prefix}.*.tfrecord")
         logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
@@ -100,4 +84,4 @@ def test_sampled_requests_are_logged_as_prediction_logs_that_replay(tmp_path):
                                               tf.make_ndarray(entry.response.outputs[alias]))
         channel.close()
     finally:
-        server.kill()
+        server.stop()

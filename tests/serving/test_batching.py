@@ -2,10 +2,8 @@
 plus tensorflow_model_server-style flag parsing."""
 from app import env as _env  # noqa: F401
 
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,8 @@ from serving.model_manager import ModelManager
 from serving.server import FlagError, parse_flags
 from serving.tensors import ServingError
 
-_spec = importlib.util.spec_from_file_location("serving_test_models", Path(__file__).with_name("conftest.py"))
-_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_models)
+from tests import serving_helpers as _models
+
 install_version = _models.install_version
 
 

@@ -1,10 +1,8 @@
 from app import env as _env  # noqa: F401
 
-import importlib.util
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +10,8 @@ import tensorflow as tf
 
 from serving.model_manager import ModelConfig, ModelManager, configs_from_text
 from serving.tensors import ServingError
+from tests.serving_helpers import expected_probs, install_version, make_broken_version, write_warmup
 
-# The model builders live in this folder's conftest.py; load it by path (a bare `import conftest` is ambiguous).
-_spec = importlib.util.spec_from_file_location("serving_test_models", Path(__file__).with_name("conftest.py"))
-_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_models)
-expected_probs, install_version = _models.expected_probs, _models.install_version
-make_broken_version, write_warmup = _models.make_broken_version, _models.write_warmup
 
 TEXTS = ["hi", "a much longer sentence"]
 

@@ -2,9 +2,7 @@
 from app import env as _env  # noqa: F401
 
 import glob
-import importlib.util
 import json
-from pathlib import Path
 
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
@@ -13,9 +11,8 @@ from serving.grpc_service import PredictionService
 from serving.model_manager import ModelManager, configs_from_text
 from serving.rest import RestApi
 
-_spec = importlib.util.spec_from_file_location("serving_test_models", Path(__file__).with_name("conftest.py"))
-_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_models)
+from tests import serving_helpers as _models
+
 
 
 def _manager(tmp_path, model_templates, rate: float) -> ModelManager:

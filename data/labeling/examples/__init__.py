@@ -1,0 +1,1 @@
+"""Example labelling-function files for `moat data label weak --lfs …`."""

