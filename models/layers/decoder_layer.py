@@ -9,46 +9,22 @@ from __future__ import annotations
 from app import env as _env  # noqa: F401
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from models.layers.attention import MultiHeadAttention
-from models.layers.encoder_layer import residual_block
-from models.layers.feed_forward import FeedForward
+from models.layers.encoder_layer import TransformerBlock, residual_block
 
 
-class DecoderLayer(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
-    def __init__(self, *, num_heads: int, intermediate_dim: int, dropout: float = 0.1,
-                 attention_dropout: float | None = None, activation: str = "relu", norm_first: bool = False,
-                 layer_norm_epsilon: float = 1e-6, kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.dropout_rate = dropout
-        self.attention_dropout = dropout if attention_dropout is None else attention_dropout
-        self.activation = activation
-        self.norm_first = norm_first
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-
+class DecoderLayer(TransformerBlock):
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        width = int(input_shape[-1])
-        if width % self.num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads={self.num_heads}")
-
-        def norm(name):
-            return tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype="float32", name=name)
-
-        attention = dict(num_heads=self.num_heads, key_dim=width // self.num_heads, dropout=self.attention_dropout,
+        attention = dict(num_heads=self.num_heads, key_dim=self.head_size(input_shape), dropout=self.attention_dropout,
                          kernel_initializer=self.kernel_initializer)
         self.self_attention = MultiHeadAttention(name="self_attention", **attention)
-        self.self_attention_norm = norm("self_attention_norm")
+        self.self_attention_norm = self.norm("self_attention_norm")
         self.cross_attention = MultiHeadAttention(name="cross_attention", **attention)
-        self.cross_attention_norm = norm("cross_attention_norm")
-        self.feed_forward = FeedForward(intermediate_dim=self.intermediate_dim, activation=self.activation,
-                                        dropout=self.dropout_rate, kernel_initializer=self.kernel_initializer,
-                                        name="feed_forward")
-        self.feed_forward_norm = norm("feed_forward_norm")
+        self.cross_attention_norm = self.norm("cross_attention_norm")
+        self.feed_forward = self.feed_forward_layer()
+        self.feed_forward_norm = self.norm("feed_forward_norm")
         self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
         for layer in (self.self_attention, self.self_attention_norm, self.cross_attention, self.cross_attention_norm,
                       self.feed_forward, self.feed_forward_norm):
@@ -94,10 +70,3 @@ class DecoderLayer(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     def get_prunable_weights(self):
         return (self.self_attention.get_prunable_weights() + self.cross_attention.get_prunable_weights()
                 + self.feed_forward.get_prunable_weights())
-
-    def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "intermediate_dim": self.intermediate_dim,
-                "dropout": self.dropout_rate, "attention_dropout": self.attention_dropout,
-                "activation": self.activation, "norm_first": self.norm_first,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer)}

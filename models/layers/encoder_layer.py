@@ -23,7 +23,9 @@ def residual_block(x, sublayer_output, *, norm, norm_first: bool, dropout, train
     return norm(tf.cast(x, tf.float32) + tf.cast(out, tf.float32))
 
 
-class EncoderLayer(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+class TransformerBlock(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+    """The constructor arguments, width check, LayerNorm factory and config shared by the encoder and decoder blocks."""
+
     def __init__(self, *, num_heads: int, intermediate_dim: int, dropout: float = 0.1,
                  attention_dropout: float | None = None, activation: str = "relu", norm_first: bool = False,
                  layer_norm_epsilon: float = 1e-6, kernel_initializer="glorot_uniform", **kwargs):
@@ -37,21 +39,30 @@ class EncoderLayer(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        width = int(input_shape[-1])
+    def head_size(self, input_shape) -> int:
+        width = int(tf.TensorShape(input_shape)[-1])
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads={self.num_heads}")
-        self.attention = MultiHeadAttention(num_heads=self.num_heads, key_dim=width // self.num_heads,
+        return width // self.num_heads
+
+    def norm(self, name: str) -> tf.keras.layers.LayerNormalization:
+        return tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype="float32", name=name)
+
+    def feed_forward_layer(self) -> FeedForward:
+        return FeedForward(intermediate_dim=self.intermediate_dim, activation=self.activation,
+                           dropout=self.dropout_rate, kernel_initializer=self.kernel_initializer, name="feed_forward")
+
+
+
+class EncoderLayer(TransformerBlock):
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        self.attention = MultiHeadAttention(num_heads=self.num_heads, key_dim=self.head_size(input_shape),
                                             dropout=self.attention_dropout, kernel_initializer=self.kernel_initializer,
                                             name="self_attention")
-        self.attention_norm = tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype="float32",
-                                                                 name="self_attention_norm")
-        self.feed_forward = FeedForward(intermediate_dim=self.intermediate_dim, activation=self.activation,
-                                        dropout=self.dropout_rate, kernel_initializer=self.kernel_initializer,
-                                        name="feed_forward")
-        self.feed_forward_norm = tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype="float32",
-                                                                    name="feed_forward_norm")
+        self.attention_norm = self.norm("self_attention_norm")
+        self.feed_forward = self.feed_forward_layer()
+        self.feed_forward_norm = self.norm("feed_forward_norm")
         self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
         for layer in (self.attention, self.attention_norm, self.feed_forward, self.feed_forward_norm):
             with tf.name_scope(layer.name):
@@ -74,10 +85,3 @@ class EncoderLayer(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
 
     def get_prunable_weights(self):
         return self.attention.get_prunable_weights() + self.feed_forward.get_prunable_weights()
-
-    def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "intermediate_dim": self.intermediate_dim,
-                "dropout": self.dropout_rate, "attention_dropout": self.attention_dropout,
-                "activation": self.activation, "norm_first": self.norm_first,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer)}
