@@ -12,6 +12,7 @@ import sys
 from app import env as _env  # noqa: F401
 from app.config import dump_yaml, load_config
 from app.errors import MoatError
+from data.prepare_args import add_source_arguments, source_overrides
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +56,7 @@ def cmd_data_split(args) -> int:
 
 def cmd_data_prepare(args) -> int:
     from data.prepare import PrepareConfig, prepare
-    shortcuts = [f"sources={json.dumps([{'uri': uri} for uri in args.sources])}"] if args.sources else []
-    shortcuts += [f"out={args.out}"] if args.out else []
-    shortcuts += [f"clean.profile={args.profile}"] if args.profile else []
-    args.overrides = [*shortcuts, *args.overrides]
+    args.overrides = source_overrides(args)
     config = _resolve(args, PrepareConfig)
     if config is None:
         return 0
@@ -248,11 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from its checkpoints. Example: moat data prepare --source catalog:mr --source catalog:tweets "
                     "--out data/sentiment; per-source settings go in YAML (sources: [{uri: x.csv, text_field: body, "
                     "label_field: y, profile: prose}]).")
-    p.add_argument("--source", dest="sources", action="append", default=[], metavar="URI",
-                   help="a file, folder or glob, catalog:NAME or hf:NAME (repeatable; replaces the config's sources)")
-    p.add_argument("--out", help="output dataset dir (same as --set out=DIR)")
-    p.add_argument("--profile", choices=["short-text", "prose", "none"],
-                   help="cleaning profile for all sources (same as --set clean.profile=P)")
+    add_source_arguments(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_data_prepare)
     p = data_verbs.add_parser(

@@ -37,6 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from data import dedup as dd
 from data.dataset import encode_shard
+from data.prepare_args import add_source_arguments, source_overrides
 
 _BLOCK = 10_000  # records per ranking block: the unit whose size bounds one worker's memory when ranking
 
@@ -490,11 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         description="The same PrepareConfig as `moat data prepare` (YAML with sources:, clean:, dedup:, out:), "
                     "the same shards, manifest, report.json and card.md. Example: python -m data.beam_pipeline "
                     "prepare --source catalog:mr --source catalog:tweets --out data/sentiment --runner DirectRunner")
-    p.add_argument("--source", dest="sources", action="append", default=[], metavar="URI",
-                   help="a file, folder or glob, catalog:NAME or hf:NAME (repeatable; replaces the config's sources)")
-    p.add_argument("--out", help="output dataset dir (same as --set out=DIR)")
-    p.add_argument("--profile", choices=["short-text", "prose", "none"],
-                   help="cleaning profile for all sources (same as --set clean.profile=P)")
+    add_source_arguments(p)
     p.add_argument("--config", metavar="FILE", help="YAML with PrepareConfig values")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p = verbs.add_parser("dedup", help="exact + near-duplicate removal of a dataset dir (like `moat data dedup`)")
@@ -510,10 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: report[k] for k in ("input", "kept", "dropped", "dropped_by_reason")}))
         else:
             from data.prepare import PrepareConfig
-            shortcuts = [f"sources={json.dumps([{'uri': uri} for uri in args.sources])}"] if args.sources else []
-            shortcuts += [f"out={args.out}"] if args.out else []
-            shortcuts += [f"clean.profile={args.profile}"] if args.profile else []
-            config = load_config(PrepareConfig, args.config, [*shortcuts, *args.overrides])
+            config = load_config(PrepareConfig, args.config, source_overrides(args))
             out = run_prepare(config, pipeline_args=beam_args)
             report = json.loads((out / "report.json").read_text(encoding="utf-8"))
             print(json.dumps({"out": str(out), **{k: report[k] for k in ("input", "kept", "dropped",
