@@ -22,6 +22,7 @@ from app import env as _env  # noqa: F401
 import tensorflow as tf
 
 from app.errors import ConfigError, ModelError
+from serving.model_manager import TFLITE_FILE
 from serving.text_tokenizer import InGraphBertTokenizer
 
 WARMUP_TEXTS = ("a wonderful, moving film", "dull and far too long", "What is the capital of France ?")
@@ -187,7 +188,6 @@ def export_text_model(config: ExportConfig) -> dict:
 
 # === TFLite variant ===
 
-TFLITE_FILE = "model.tflite"
 
 
 class TFLiteBertTokenizer(tf.Module):

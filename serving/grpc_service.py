@@ -211,7 +211,7 @@ MAX_RECEIVE = "grpc.max_receive_message_length"
 
 
 def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = None, counter=None,
-                     max_workers: int = 16, channel_arguments: list[tuple[str, object]] = ()
+                     max_workers: int = 64, channel_arguments: list[tuple[str, object]] = ()
                      ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds (not starts) the gRPC server; returns (server, bound port, health servicer).
     Messages over grpc.max_receive_message_length (default DEFAULT_MAX_RECEIVE_BYTES) get RESOURCE_EXHAUSTED."""

@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from app.errors import ConfigError
+from serving.names import is_safe_model_name
 from serving.tensors import (FAILED_PRECONDITION, NOT_FOUND, OK, UNKNOWN, ServingError,
                              coerce, from_tensor_proto, invalid)
 
@@ -65,7 +66,7 @@ class ModelConfig:
         return set(sorted(on_disk)[-max(self.num_versions, 1):])
 
 
-_SAFE_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]+")  # names travel in URLs and log paths, never as directories
+TFLITE_FILE = "model.tflite"  # served instead of the SavedModel with --prefer_tflite_model
 
 
 def configs_from_text(text: str, *, source: str = "model config") -> list[ModelConfig]:
@@ -88,7 +89,7 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
                               fix="only model_platform: \"tensorflow\" is served")
         if not model.name or not model.base_path:
             raise ConfigError(f"{source}: every config needs name and base_path")
-        if not _SAFE_NAME.fullmatch(model.name) or model.name in (".", ".."):
+        if not is_safe_model_name(model.name):
             raise ConfigError(f"{source}: model name {model.name!r} may not contain '/', '\\', control "
                               "characters, or be '.' or '..'", fix="use a plain name such as \"sentiment\"")
         which = model.model_version_policy.WhichOneof("policy_choice")
@@ -424,7 +425,7 @@ class ModelManager:
         try:
             # TFLite hook (--prefer_tflite_model, as in TF Serving): a version dir that also holds model.tflite
             # is served by the TFLite interpreter; serving/tflite_servable.py has the same interface.
-            if self.prefer_tflite and os.path.exists(os.path.join(path, "model.tflite")):
+            if self.prefer_tflite and os.path.exists(os.path.join(path, TFLITE_FILE)):
                 from serving.tflite_servable import TFLiteServable
 
                 servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher)

@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 
 from app.errors import MoatError
+from serving.names import is_safe_model_name
 
 log = logging.getLogger("moat.serving")
 
@@ -179,8 +180,7 @@ def validate(options: Options) -> None:
     for name in ("port", "rest_api_port"):
         if not 0 <= options.values[name] <= 65535:
             raise FlagError(f"--{name}={options.values[name]}: not a port number", fix="use 0..65535")
-    if not options.model_config_file and (options.model_name in ("", ".", "..") or re.search(
-            r"[/\\\x00-\x1f]", options.model_name)):
+    if not options.model_config_file and not is_safe_model_name(options.model_name):
         raise FlagError(f"--model_name={options.model_name!r}: not a usable model name",
                         fix="use a plain name without '/' or '\\', such as --model_name=sentiment")
     if options.rest_api_max_request_bytes <= 0:

@@ -25,10 +25,9 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.model_manager import PREDICT_METHOD, Servable
+from serving.model_manager import PREDICT_METHOD, TFLITE_FILE, Servable
 from serving.tensors import INTERNAL, ServingError, invalid
 
-TFLITE_FILE = "model.tflite"
 
 
 def _custom_op_registerers() -> list:
