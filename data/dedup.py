@@ -91,12 +91,19 @@ def record_text(record: dict) -> str:
 
 
 def exact_key(text: str) -> str:
-    return hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()
+    return _key_of_normalized(normalize(text))
+
+
+def _key_of_normalized(norm: str) -> str:
+    return hashlib.sha1(norm.encode("utf-8")).hexdigest()
 
 
 def shingles(text: str, config: DedupConfig) -> set[int]:
     """The shingle set of the normalised text, as 32-bit CRCs (fast, stable across processes and machines)."""
-    norm = normalize(text)
+    return _shingles_of_normalized(normalize(text), config)
+
+
+def _shingles_of_normalized(norm: str, config: DedupConfig) -> set[int]:
     if config.shingle == "word":
         units = norm.split()
         grams = [" ".join(units[i:i + config.ngram]) for i in range(max(1, len(units) - config.ngram + 1))]
@@ -228,8 +235,8 @@ def deduplicate(records: list[dict], config: DedupConfig) -> DedupResult:
 
     config.validate()
     started = time.perf_counter()
-    texts = [record_text(r) for r in records]
-    keys = [exact_key(t) for t in texts]
+    norms = [normalize(record_text(r)) for r in records]  # once per record: the exact key and shingles share it
+    keys = [_key_of_normalized(n) for n in norms]
     nodes = [Node.of(i, r, k) for i, (r, k) in enumerate(zip(records, keys))]
     edges, first_with_key = [], {}
     for i, key in enumerate(keys):
@@ -242,7 +249,7 @@ def deduplicate(records: list[dict], config: DedupConfig) -> DedupResult:
         lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, params=_config_lsh(config))
         shingle_sets = {}
         for i in first_with_key.values():
-            shingle_sets[i] = shingles(texts[i], config)
+            shingle_sets[i] = _shingles_of_normalized(norms[i], config)
             sketch = minhash(shingle_sets[i], config)
             for j in lsh.query(sketch):
                 candidates += 1

@@ -192,9 +192,7 @@ def prepare(config: PrepareConfig) -> Path:
     if config.deduplicate and kept:
         result = deduplicate(kept, config.dedup)
         kept = result.kept
-        texts = {}
         for record, reason in result.dropped:
-            texts[record["id"]] = record["text"]
             dropped.append({"id": record["id"], "reason": reason, "stage": "dedup", "source": record.get("source"),
                             "duplicate_of": record.get("meta", {}).get("duplicate_of"),
                             "text": record["text"][:SNIPPET]})
