@@ -343,7 +343,7 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1,
     steps_per_epoch = math.ceil(len(targets["train"]) / config.batch_size)
     with strategy.scope():
         kwargs = ({"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                   "label2id": {n: i for i, n in enumerate(label_names)}} if classification
+                   "label2id": index} if classification
                   else {"num_labels": 1, "problem_type": "regression"})
         model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
         metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if classification else []

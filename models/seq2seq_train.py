@@ -9,6 +9,7 @@ chapters, training time, tokens/s).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -130,15 +131,21 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
 
 
-def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, max_length: int, beam_size: int,
-              alpha: float, batch_size: int = 32) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _decoder(model, max_length: int, beam_size: int, alpha: float):
+    """One traced decode function per model and setting, so dev evaluations reuse the graph instead of re-tracing."""
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
     def decode(source):
         if beam_size > 1:
             return beam_search(model, source, beam_size=beam_size, alpha=alpha, max_length=max_length,
                                bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
         return greedy_decode(model, source, max_length=max_length, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
+    return decode
 
+
+def translate(model, source_tokenizer, target_tokenizer, texts: list[str], *, max_length: int, beam_size: int,
+              alpha: float, batch_size: int = 32) -> list[str]:
+    decode = _decoder(model, max_length, beam_size, alpha)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
     out = [""] * len(texts)
     for start in range(0, len(order), batch_size):
