@@ -14,6 +14,8 @@ setup(
         "tf-keras>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "tensorflow-model-optimization==0.8.1",
+        "ai-edge-litert>=2.1,<3",  # LiteRT interpreter for compressed .tflite variants (models/compress/ptq.py)
+        "matplotlib>=3.8",  # the compression report's accuracy-vs-latency plot (models/compress/report.py)
         "tensorflow-serving-api>=2.21,<2.22",
         "transformers>=4.57,<5",
         "tokenizers>=0.21,<0.23",

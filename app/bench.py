@@ -20,7 +20,7 @@ from app.errors import ConfigError
 from models.finetune import resolve_model_dir
 
 
-BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer")
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "compress")
 
 
 @dataclasses.dataclass
@@ -263,6 +263,10 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
     if "transformer" in config.benchmarks:
         from models.seq2seq_bench import bench_transformer
         results["transformer"] = bench_transformer()
+    results["compress"] = None  # the MR compression report of runs/sentiment/model (models/compress/report.py)
+    if "compress" in config.benchmarks:
+        from models.compress.report import bench_compress
+        results["compress"] = bench_compress(out_dir=str(Path(config.out_dir) / "compress"), log=log)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
@@ -289,6 +293,8 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
                            ("beam_sentences_per_second", f"beam-{m['beam_size']} decode sentences/s")):
             lines.append(f"| Transformer {label} (batch {m['batch']}) | ours: {m['ours'][key]} | "
                          f"tf.keras MultiHeadAttention: {m['keras_mha'][key]} | {m[f'ratio_{key}']} |")
+    if c := stored.get("compress"):
+        lines += c["bench_rows"]
     if (s := stored["serve"]) and "in_process" in s:  # older runs stored another shape
         lines += _serve_rows(s)
     if results["serve"]:

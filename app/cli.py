@@ -215,6 +215,94 @@ def cmd_train_seq2seq(args) -> int:
     return 0
 
 
+# --- moat pretrain ---
+
+def cmd_pretrain(args) -> int:
+    from models.pretrain import PretrainConfig, launch_local_workers, pretrain
+    shortcuts = [f"{key}={value}" for key, value in (("precision", args.precision), ("strategy", args.strategy))
+                 if value]
+    args.overrides = [*shortcuts, *args.overrides]
+    config = _resolve(args, PretrainConfig)
+    if config is None:
+        return 0
+    if args.workers:
+        argv = (["--config", args.config] if args.config else []) + [a for o in args.overrides for a in ("--set", o)]
+        return launch_local_workers(argv, workers=args.workers, run_dir=config.run_dir)
+    report = pretrain(config)
+    if "worker" in report:  # a non-chief worker of a cluster: the chief reports
+        return 0
+    result, baseline = report["eval"], report["unigram_baseline"]
+    sentence = f", {report['data']['pair_task'].upper()} accuracy {result['sentence_accuracy']:.3f}" \
+        if "sentence_accuracy" in result else ""
+    print(f"{report['steps']} steps ({report['examples_seen']} examples) in {report['timings']['train_seconds']:.0f} s, "
+          f"{report['timings']['tokens_per_second']:.0f} tokens/s; eval MLM accuracy {result['mlm_accuracy']:.3f} "
+          f"(unigram baseline {result['unigram_baseline_mlm_accuracy']:.3f}: always {baseline['token']!r})"
+          f"{sentence} on {result['examples']} examples; pretrained model: {report['pretrained_dir']}; "
+          f"report: {config.run_dir}/report.json; TensorBoard: {report['tensorboard']}")
+    return 0
+
+
+def add_pretrain_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "pretrain", help="pretrain a BERT (masked LM + NSP/SOP) on `moat data pretraining-examples` TFRecords",
+        description="Custom train step under any tf.distribute strategy (loss scaled by the global batch): AdamW "
+                    "without decay on LayerNorm/biases, linear warm-up + decay, gradient clipping and accumulation, "
+                    "mixed precision (LossScaleOptimizer under mixed_float16), optional XLA. Checkpoints every "
+                    "checkpoint_every steps (model, optimizer, data position, dropout RNG) and resumes when rerun. "
+                    "Writes TensorBoard logs (loss, MLM/NSP accuracy, learning rate, gradient norm, tokens/s, weight "
+                    "histograms), report.json (eval MLM accuracy beside the unigram baseline) and pretrained/, an HF "
+                    "BERT dir for `moat finetune --set model=RUN_DIR/pretrained`. Budget: --set steps=N and/or "
+                    "--set max_minutes=M. Example: moat pretrain --config app/configs/pretrain-small.yaml; "
+                    "moat pretrain --set data=EX --set model.num_layers=2 --set steps=200 --workers 2")
+    _add_config_flags(p)
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                   help="shortcut for --set precision=… (mixed_float16 on GPUs, mixed_bfloat16 on TPUs/CPUs)")
+    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi_worker", "tpu"],
+                   help="shortcut for --set strategy=…; auto: TPU, then TF_CONFIG → multi_worker, then >1 device → "
+                        "mirrored (--set logical_cpus=2 splits the CPU), else default")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run N local worker processes as one MultiWorkerMirroredStrategy cluster (TF_CONFIG on "
+                        "127.0.0.1; worker 0 reports). For real clusters set TF_CONFIG on each host and run "
+                        "moat pretrain --strategy multi_worker there. TF's servers listen on all interfaces")
+    p.set_defaults(func=cmd_pretrain)
+
+# --- end moat pretrain ---
+
+
+# --- moat compress ---
+
+def cmd_compress(args) -> int:
+    from models.compress.base import CompressConfig
+    from models.compress.report import run_compress
+    if args.methods:
+        args.overrides = [f"methods=[{args.methods}]", *args.overrides]
+    config = _resolve(args, CompressConfig)
+    if config is None:
+        return 0
+    run_compress(config)
+    return 0
+
+
+def add_compress_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "compress", help="compress a fine-tuned model (TFLite PTQ, pruning, clustering, QAT, distillation) and "
+                         "compare the variants",
+        description="Runs the selected methods on a `moat finetune` model dir (the float32 baseline) and evaluates "
+                    "every variant on the fine-tuning run's test split: accuracy/macro-F1 deltas, on-disk and gzip "
+                    "size, p50/p99 batch-1 latency and batch-32 throughput on CPU (measured in the same run), "
+                    "parameters and sparsity. Writes OUT_DIR/report.{json,md,png} and TensorBoard text/image, and "
+                    "exports each variant to REPO/NAME-VARIANT/VERSION (TFLite variants as model.tflite, served with "
+                    "--prefer_tflite_model). Example: moat compress --methods ptq --set model_dir=runs/sentiment/model "
+                    "--set out_dir=runs/sentiment/compress; per-method settings: --set prune.target_sparsity=0.8 "
+                    "--set 'ptq.modes=[dynamic,int8]' --set distill.student_layers=3")
+    _add_config_flags(p)
+    p.add_argument("--methods", metavar="LIST",
+                   help="all, or a comma list of ptq, prune, cluster, qat, distill (shortcut for --set methods=[…])")
+    p.set_defaults(func=cmd_compress)
+
+# --- end moat compress ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moat", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="grid search: one run (and HParams trial) per combination, e.g. --sweep learning_rate=1e-4,5e-5")
     p.set_defaults(func=cmd_finetune)
+    add_pretrain_parser(verbs)
 
     p = verbs.add_parser("train-seq2seq", help="train our Transformer for translation (Bible de→en by default)",
                          description="Trains the seq2seq Transformer on verse-aligned pairs (catalog bible-en-de: "
@@ -313,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="export a fine-tuned model into a TF Serving model repository")
     _add_config_flags(p)
     p.set_defaults(func=cmd_export)
+    add_compress_parser(verbs)
 
     p = verbs.add_parser("serve", help="run moat-model-server (tensorflow_model_server flags, e.g. --port=8500)",
                          add_help=False)

@@ -32,6 +32,10 @@ def split_cpu(logical_devices: int) -> None:
 
 def pick_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """TPU → MultiWorkerMirrored (TF_CONFIG set) → Mirrored (>1 device) → default, or the one named."""
+    # MultiWorkerMirrored must configure the runtime before anything (e.g. listing logical devices) starts it
+    if name == "multi_worker" or (name == "auto" and os.environ.get("TF_CONFIG")
+                                  and not tf.config.list_physical_devices("TPU")):
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if name == "auto":

@@ -292,6 +292,22 @@ def load_bert_weights(encoder: Encoder, state: dict[str, np.ndarray]) -> list[st
     naming the first missing or mis-shaped weight.
     """
     state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
+    used = set()
+    for variable, key, transpose in bert_weight_targets(encoder):
+        if key not in state:
+            raise ModelError(f"BERT weights lack '{key}'", fix="check that the checkpoint matches the encoder config")
+        value = np.asarray(state[key]).T if transpose else np.asarray(state[key])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ModelError(f"BERT weight '{key}' has shape {value.shape}, the encoder expects "
+                             f"{tuple(variable.shape)}",
+                             fix="build the encoder with encoder_kwargs_from_bert_config(checkpoint config)")
+        variable.assign(value)
+        used.add(key)
+    return sorted(set(state) - used)
+
+
+def bert_weight_targets(encoder: Encoder) -> list[tuple[tf.Variable, str, bool]]:
+    """(variable, PyTorch BERT name without 'bert.', transpose) for every encoder weight; builds the encoder."""
     if not encoder.built:
         encoder(tf.ones([1, 2], tf.int32))
     emb = encoder.embedding
@@ -311,15 +327,4 @@ def load_bert_weights(encoder: Encoder, state: dict[str, np.ndarray]) -> list[st
         for norm, name in ((block.attention_norm, "attention.output.LayerNorm"),
                            (block.feed_forward_norm, "output.LayerNorm")):
             targets += [(norm.gamma, p + name + ".weight", False), (norm.beta, p + name + ".bias", False)]
-    used = set()
-    for variable, key, transpose in targets:
-        if key not in state:
-            raise ModelError(f"BERT weights lack '{key}'", fix="check that the checkpoint matches the encoder config")
-        value = np.asarray(state[key]).T if transpose else np.asarray(state[key])
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ModelError(f"BERT weight '{key}' has shape {value.shape}, the encoder expects "
-                             f"{tuple(variable.shape)}",
-                             fix="build the encoder with encoder_kwargs_from_bert_config(checkpoint config)")
-        variable.assign(value)
-        used.add(key)
-    return sorted(set(state) - used)
+    return targets

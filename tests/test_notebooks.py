@@ -12,19 +12,26 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
          "01_labeling.ipynb": "GOLD_BUDGET = 200\nMR_SAMPLE = 600\nSELECT = 20\nWORKDIR = {workdir!r}",
          "01_tokenizer.ipynb": "VOCAB_SIZE = 3000\nMAX_DOCUMENTS = 60\nPARITY_TEXTS = 1000\nWORKDIR = {workdir!r}",
          "02_transformer.ipynb": "TRAIN_PAIRS = 600\nSTEPS = 12\nTEST_PAIRS = 8\nWORKDIR = {workdir!r}",
+         "03_pretrain.ipynb": "MAX_DOCUMENTS = 300\nVOCAB_SIZE = 600\nSTEPS = 30\nWORKDIR = {workdir!r}",
          "04_finetune.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nWORKDIR = {workdir!r}",
-         "05_serving.ipynb": "TRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nTFLITE = False\nWORKDIR = {workdir!r}"}
+         "05_serving.ipynb": "TRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nTFLITE = False\nWORKDIR = {workdir!r}",
+         "06_compress.ipynb": "BASELINE = ''\nTRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 48\nEPOCHS = 1\nMETHODS = ['ptq']\n"
+                              "PTQ_MODES = ['dynamic']\nLATENCY_REPEATS = 10\nEXPORT = False\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],
             "01_labeling.ipynb": ["held-out accuracy: weighted", "Krippendorff alpha (interval):", "selected 20 of",
                                   "augmented copies keep labels: True"],
             "01_tokenizer.ipynb": ["in-graph exact match: 1000/1000", "masked fraction", "(8, 128) int32", "epoch 2 masks"],
+            "03_pretrain.ipynb": ["eval MLM accuracy", "unigram baseline", "->",
+                                  "loaded pretrained/ with TFBertForSequenceClassification"],
             "02_transformer.ipynb": ["max |ours - keras|", "greedy cached == uncached: True",
                                      "beam cached == uncached: True", "test BLEU", "exported:"],
             "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'serving_default']", "best on dev"],
             "05_serving.ipynb": ["REST predictions", "gRPC probabilities", "max |REST - gRPC|", "gRPC classify",
-                                 "AVAILABLE", "processed_batch_size_count", "server stopped"]}
+                                 "AVAILABLE", "processed_batch_size_count", "server stopped"],
+            "06_compress.ipynb": ["ptq-dynamic: ", "x smaller than float32", "dynamic-range TFLite",
+                                  "no TFLite variant exported"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))

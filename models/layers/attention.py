@@ -53,6 +53,8 @@ class MultiHeadAttention(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLay
     - precomputed cross-attention: `cache` from `project_memory(memory)` and no `decode_index`; returns output.
     """
 
+    dense_class = tf.keras.layers.Dense  # of the projections; models.compress.qat swaps in a TFLite-friendlier one
+
     def __init__(self, *, num_heads: int, key_dim: int, value_dim: int | None = None, output_dim: int | None = None,
                  dropout: float = 0.0, use_bias: bool = True, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
@@ -63,9 +65,9 @@ class MultiHeadAttention(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLay
         self.dropout_rate = dropout
         self.use_bias = use_bias
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-        self.query_dense = tf.keras.layers.Dense(num_heads * key_dim, name="query", **self._dense_args())
-        self.key_dense = tf.keras.layers.Dense(num_heads * key_dim, name="key", **self._dense_args())
-        self.value_dense = tf.keras.layers.Dense(num_heads * self.value_dim, name="value", **self._dense_args())
+        self.query_dense = self.dense_class(num_heads * key_dim, name="query", **self._dense_args())
+        self.key_dense = self.dense_class(num_heads * key_dim, name="key", **self._dense_args())
+        self.value_dense = self.dense_class(num_heads * self.value_dim, name="value", **self._dense_args())
         self.output_dense = None  # needs the query width unless output_dim is given; created in build
         self.dropout = tf.keras.layers.Dropout(dropout, dtype="float32")  # on the float32 attention weights
 
@@ -77,7 +79,7 @@ class MultiHeadAttention(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLay
         value_shape = tf.TensorShape(value_shape) if value_shape is not None else query_shape
         key_shape = tf.TensorShape(key_shape) if key_shape is not None else value_shape
         width = self.output_dim or query_shape[-1]
-        self.output_dense = tf.keras.layers.Dense(width, name="attention_output", **self._dense_args())
+        self.output_dense = self.dense_class(width, name="attention_output", **self._dense_args())
         with tf.name_scope(self.query_dense.name):
             self.query_dense.build(query_shape)
         with tf.name_scope(self.key_dense.name):
@@ -92,6 +94,11 @@ class MultiHeadAttention(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLay
         """(B, L, H*D) → (B, L, H, D)."""
         shape = tf.shape(x)
         return tf.reshape(x, [shape[0], shape[1], self.num_heads, depth])
+
+    def _combine_heads(self, x):
+        """(B, Q, H, D) → (B, Q, H*D), the output projection's input (QAT subclasses quantize it here)."""
+        shape = tf.shape(x)
+        return tf.reshape(x, [shape[0], shape[1], self.num_heads * self.value_dim])
 
     def project_memory(self, memory) -> dict:
         """Cross-attention keys/values of an encoder output (B, K, M), computed once for all decoding steps."""
@@ -129,8 +136,7 @@ class MultiHeadAttention(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLay
             mask = mask[:, None]  # (B, 1, Q, K): the same mask for every head
         output, weights = scaled_dot_product_attention(q, k, v, mask=mask, dropout=self.dropout,
                                                        training=training)  # (B, Q, H, D)
-        shape = tf.shape(output)
-        output = self.output_dense(tf.reshape(output, [shape[0], shape[1], self.num_heads * self.value_dim]))
+        output = self.output_dense(self._combine_heads(output))
         updated = decode_index is not None and cache is not None  # a self-attention step returns its new cache
         if return_attention_scores:
             return (output, weights, cache) if updated else (output, weights)

@@ -19,6 +19,8 @@ def get_activation(name: str):
 
 
 class FeedForward(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+    dense_class = tf.keras.layers.Dense  # models.compress.qat swaps in a TFLite-friendlier one
+
     def __init__(self, *, intermediate_dim: int, activation: str = "relu", dropout: float = 0.0,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
@@ -26,15 +28,15 @@ class FeedForward(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.activation = activation
         self.dropout_rate = dropout
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-        self.intermediate = tf.keras.layers.Dense(intermediate_dim, activation=get_activation(activation),
-                                                  kernel_initializer=clone_initializer(self.kernel_initializer),
-                                                  name="intermediate")
+        self.intermediate = self.dense_class(intermediate_dim, activation=get_activation(activation),
+                                             kernel_initializer=clone_initializer(self.kernel_initializer),
+                                             name="intermediate")
         self.output_dense = None
         self.dropout = tf.keras.layers.Dropout(dropout)
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        self.output_dense = tf.keras.layers.Dense(
+        self.output_dense = self.dense_class(
             input_shape[-1], kernel_initializer=clone_initializer(self.kernel_initializer), name="output")
         with tf.name_scope(self.intermediate.name):
             self.intermediate.build(input_shape)
