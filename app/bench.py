@@ -7,6 +7,10 @@
   goes to serving.json / serving.md.
 - finetune: our recipe (length-grouped dynamic padding, AdamW, warm-up) vs the naive one (pad every sentence to
   max_length, `model.fit` on padded arrays, Adam with linear decay) on the same model, data and epochs.
+- data: cleaning + near-dup throughput on the catalog text sets; transformer: our seq2seq vs tf.keras MHA.
+- pretrain: one BERT pretraining step (4L/256H, float32) of ours vs HF TFBertForPreTraining, with model-FLOPs
+  utilisation against a matmul peak measured in the same run (models/bert_bench.py).
+- compress: the MR compression report of runs/sentiment/model (models/compress/report.py).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from app.errors import ConfigError
 from models.finetune import resolve_model_dir
 
 
-BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "compress")
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress")
 
 
 @dataclasses.dataclass
@@ -263,6 +267,10 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
     if "transformer" in config.benchmarks:
         from models.seq2seq_bench import bench_transformer
         results["transformer"] = bench_transformer()
+    results["pretrain"] = None  # BERT pretraining step: ours vs HF TFBertForPreTraining, MFU (models/bert_bench.py)
+    if "pretrain" in config.benchmarks:
+        from models.bert_bench import run_pretrain_bench
+        results["pretrain"] = run_pretrain_bench()
     results["compress"] = None  # the MR compression report of runs/sentiment/model (models/compress/report.py)
     if "compress" in config.benchmarks:
         from models.compress.report import bench_compress
@@ -293,6 +301,12 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
                            ("beam_sentences_per_second", f"beam-{m['beam_size']} decode sentences/s")):
             lines.append(f"| Transformer {label} (batch {m['batch']}) | ours: {m['ours'][key]} | "
                          f"tf.keras MultiHeadAttention: {m['keras_mha'][key]} | {m[f'ratio_{key}']} |")
+    if p := stored.get("pretrain"):
+        lines.append(f"| BERT pretraining step {p['config']['num_layers']}L/{p['config']['hidden_size']}H, batch "
+                     f"{p['batch_size']} × {p['seq_length']} (tokens/s; MFU vs a {p['matmul_peak_tflops']} TFLOP/s "
+                     f"matmul) | ours: {p['ours']['tokens_per_second']}; {p['ours']['mfu']:.1%} | HF "
+                     f"TFBertForPreTraining: {p['hf']['tokens_per_second']}; {p['hf']['mfu']:.1%} | "
+                     f"{p['ratio_tokens_per_second_ours_vs_hf']} |")
     if c := stored.get("compress"):
         lines += c["bench_rows"]
     if (s := stored["serve"]) and "in_process" in s:  # older runs stored another shape

@@ -2,8 +2,6 @@
 a reload, an accuracy bound, a smaller gzip; 1-D k-means recovers known centres."""
 from app import env as _env  # noqa: F401
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -11,16 +9,6 @@ from app.errors import ConfigError
 from models.compress.base import ClusterSettings, token_id_function
 from models.compress.cluster import compress, kmeans_1d, unique_values
 from models.compress.prune import block_kernels, word_embeddings
-
-
-@pytest.fixture(scope="module")
-def context(tiny_context):
-    """The shared tiny context with its first 400 training sentences: 13 steps an epoch keep each run in seconds."""
-    keep = slice(0, 400)
-    return dataclasses.replace(
-        tiny_context, texts={**tiny_context.texts, "train": tiny_context.texts["train"][keep]},
-        arrays={**tiny_context.arrays, "train": {k: v[keep] for k, v in tiny_context.arrays["train"].items()}},
-        targets={**tiny_context.targets, "train": tiny_context.targets["train"][keep]})
 
 
 def accuracy(model, context) -> float:

@@ -3,8 +3,6 @@ target, the 2:4 pattern in every group, an accuracy bound, identical logits afte
 smaller gzip; and stock TFMOT on our encoder rebuilt from the same weights."""
 from app import env as _env  # noqa: F401
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,16 +16,6 @@ from models.compress.report import save_token_model, saved_model_predict
 
 # One epoch is 13 steps on the tiny model; frequency 2 gives several mask updates within it.
 FAST = dict(epochs=1, learning_rate=1e-3, batch_size=32, frequency=2)
-
-
-@pytest.fixture(scope="module")
-def context(tiny_context):
-    """The shared tiny context with its first 400 training sentences: 13 steps an epoch keep each run in seconds."""
-    keep = slice(0, 400)
-    return dataclasses.replace(
-        tiny_context, texts={**tiny_context.texts, "train": tiny_context.texts["train"][keep]},
-        arrays={**tiny_context.arrays, "train": {k: v[keep] for k, v in tiny_context.arrays["train"].items()}},
-        targets={**tiny_context.targets, "train": tiny_context.targets["train"][keep]})
 
 
 def accuracy(model, context) -> float:
