@@ -215,7 +215,6 @@ def cmd_train_seq2seq(args) -> int:
     return 0
 
 
-# --- moat pretrain ---
 
 def cmd_pretrain(args) -> int:
     from models.pretrain import PretrainConfig, launch_local_workers, pretrain
@@ -266,10 +265,8 @@ def add_pretrain_parser(verbs) -> None:
                         "moat pretrain --strategy multi_worker there. TF's servers listen on all interfaces")
     p.set_defaults(func=cmd_pretrain)
 
-# --- end moat pretrain ---
 
 
-# --- moat compress ---
 
 def cmd_compress(args) -> int:
     from models.compress.base import CompressConfig
@@ -300,7 +297,6 @@ def add_compress_parser(verbs) -> None:
                    help="all, or a comma list of ptq, prune, cluster, qat, distill (shortcut for --set methods=[…])")
     p.set_defaults(func=cmd_compress)
 
-# --- end moat compress ---
 
 
 def build_parser() -> argparse.ArgumentParser:
