@@ -215,7 +215,6 @@ def cmd_train_seq2seq(args) -> int:
     return 0
 
 
-
 def cmd_pretrain(args) -> int:
     from models.pretrain import PretrainConfig, launch_local_workers, pretrain
     shortcuts = [f"{key}={value}" for key, value in (("precision", args.precision), ("strategy", args.strategy))
@@ -266,8 +265,6 @@ def add_pretrain_parser(verbs) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
-
-
 def cmd_compress(args) -> int:
     from models.compress.base import CompressConfig
     from models.compress.report import run_compress
@@ -296,7 +293,6 @@ def add_compress_parser(verbs) -> None:
     p.add_argument("--methods", metavar="LIST",
                    help="all, or a comma list of ptq, prune, cluster, qat, distill (shortcut for --set methods=[…])")
     p.set_defaults(func=cmd_compress)
-
 
 
 def build_parser() -> argparse.ArgumentParser:
