@@ -223,12 +223,18 @@ def cmd_pretrain(args) -> int:
     config = _resolve(args, PretrainConfig)
     if config is None:
         return 0
+    if args.transfer_only:
+        from models.transfer import add_transfer_to_report
+        _print_transfer(add_transfer_to_report(config.run_dir, config.transfer)["transfer"])
+        return 0
     if args.workers:
         argv = (["--config", args.config] if args.config else []) + [a for o in args.overrides for a in ("--set", o)]
         return launch_local_workers(argv, workers=args.workers, run_dir=config.run_dir)
     report = pretrain(config)
     if "worker" in report:  # a non-chief worker of a cluster: the chief reports
         return 0
+    if "transfer" in report:
+        _print_transfer(report["transfer"])
     result, baseline = report["eval"], report["unigram_baseline"]
     sentence = f", {report['data']['pair_task'].upper()} accuracy {result['sentence_accuracy']:.3f}" \
         if "sentence_accuracy" in result else ""
@@ -240,6 +246,12 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _print_transfer(transfer: dict) -> None:
+    print(f"{transfer['task']} test score ({transfer['sizes']['test']} examples): pretrained "
+          f"{transfer['pretrained']['test_score']:.4f} vs random init {transfer['random']['test_score']:.4f} "
+          f"(delta {transfer['delta']:+.4f})")
+
+
 def add_pretrain_parser(verbs) -> None:
     p = verbs.add_parser(
         "pretrain", help="pretrain a BERT (masked LM + NSP/SOP) on `moat data pretraining-examples` TFRecords",
@@ -249,12 +261,15 @@ def add_pretrain_parser(verbs) -> None:
                     "checkpoint_every steps (model, optimizer, data position, dropout RNG) and resumes when rerun. "
                     "Writes TensorBoard logs (loss, MLM/NSP accuracy, learning rate, gradient norm, tokens/s, weight "
                     "histograms), report.json (eval MLM accuracy beside the unigram baseline) and pretrained/, an HF "
-                    "BERT dir for `moat finetune --set model=RUN_DIR/pretrained`. Budget: --set steps=N and/or "
+                    "BERT dir for `moat finetune --set model=RUN_DIR/pretrained`. With transfer.task set, it then "
+                    "fine-tunes pretrained/ and the same architecture from random weights on that task and adds "
+                    "both test scores to report.json. Budget: --set steps=N and/or "
                     "--set max_minutes=M. Example: moat pretrain --config app/configs/pretrain-small.yaml; "
                     "moat pretrain --set data=EX --set model.num_layers=2 --set steps=200 --workers 2")
     _add_config_flags(p)
-    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
-                   help="shortcut for --set precision=… (mixed_float16 on GPUs, mixed_bfloat16 on TPUs/CPUs)")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="shortcut for --set precision=… (mixed_float16 on GPUs, mixed_bfloat16 on TPUs and CPUs with "
+                        "bf16 units; auto picks that)")
     p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi_worker", "tpu"],
                    help="shortcut for --set strategy=…; auto: TPU, then TF_CONFIG → multi_worker, then >1 device → "
                         "mirrored (--set logical_cpus=2 splits the CPU), else default")
@@ -262,6 +277,10 @@ def add_pretrain_parser(verbs) -> None:
                    help="run N local worker processes as one MultiWorkerMirroredStrategy cluster (TF_CONFIG on "
                         "127.0.0.1; worker 0 reports). For real clusters set TF_CONFIG on each host and run "
                         "moat pretrain --strategy multi_worker there. TF's servers listen on all interfaces")
+    p.add_argument("--transfer-only", action="store_true",
+                   help="skip training: fine-tune the finished run's pretrained/ and the same architecture from "
+                        "random weights on transfer.task (e.g. --set transfer.task=mr-polarity) and add both test "
+                        "scores to its report.json")
     p.set_defaults(func=cmd_pretrain)
 
 

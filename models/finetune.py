@@ -34,6 +34,7 @@ from models.tasks import Task, extract, get_task
 class FinetuneConfig:
     task: str = "mr-polarity"  # mr-polarity, mr-intensity, trec-6, trec-50, or classification/regression + data
     model: str = "minilm-l6"  # catalog name or HF-format model dir
+    init: Literal["pretrained", "random"] = "pretrained"  # random: the model dir's architecture, fresh weights
     data: str | None = None  # default: the task's catalog dataset; or a dataset dir / dir with train,dev,test
     target: str | None = None  # record field with the label/score; default: the task's
     run_dir: str = "runs/sentiment"
@@ -46,7 +47,8 @@ class FinetuneConfig:
     clip_norm: float = 1.0
     patience: int = 2  # early stopping: epochs without dev improvement
     class_weights: Literal["none", "balanced"] = "none"
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # auto: mixed_float16 on tensor-core GPUs, mixed_bfloat16 on TPUs and bf16-capable CPUs, else float32
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     max_train_examples: int | None = None  # budget knob for demos and tests
@@ -67,6 +69,8 @@ class FinetuneConfig:
             raise ConfigError(f"config key 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"config key 'max_length' is {self.max_length}", fix="use 8..512 (BERT positions stop at 512)")
+        if self.init not in ("pretrained", "random"):
+            raise ConfigError(f"config key 'init' is '{self.init}'", fix="use pretrained or random")
         for name in ("max_train_examples", "max_eval_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"config key '{name}' must be null or >= 1, got {getattr(self, name)}")
@@ -313,17 +317,27 @@ def load_task_data(config: FinetuneConfig, task: Task) -> tuple[Path, dict, list
 def finetune(config: FinetuneConfig, *, verbose: int = 1,
              callbacks: tuple[tf.keras.callbacks.Callback, ...] = ()) -> dict:
     """Trains, keeps the best-on-dev weights, evaluates on test and saves `<run_dir>/model`. Returns the report.
-    An interrupted run with the same config resumes from its last finished epoch (`resume=False` starts over)."""
+    An interrupted run with the same config resumes from its last finished epoch (`resume=False` starts over).
+    The global precision policy is restored afterwards: what runs next in the process (an export) builds float32."""
+    previous_policy = tf.keras.mixed_precision.global_policy().name
+    try:
+        return _finetune(config, verbose=verbose, callbacks=callbacks)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _finetune(config: FinetuneConfig, *, verbose: int,
+              callbacks: tuple[tf.keras.callbacks.Callback, ...]) -> dict:
     from tensorboard.plugins.hparams import api as hparams
-    from transformers import BertTokenizerFast, TFBertForSequenceClassification
+    from transformers import BertConfig, BertTokenizerFast, TFBertForSequenceClassification
 
     started = time.time()
     task = get_task(config.task)
-    config = dataclasses.replace(config, epochs=config.epochs or task.epochs,
-                                 learning_rate=config.learning_rate or task.learning_rate)
-    classification = task.kind == "classification"
     split_cpu(config.logical_cpus)
-    set_precision(config.precision)
+    config = dataclasses.replace(config, epochs=config.epochs or task.epochs,
+                                 learning_rate=config.learning_rate or task.learning_rate,
+                                 precision=set_precision(config.precision))  # auto → what this machine runs best
+    classification = task.kind == "classification"
     tf.keras.utils.set_random_seed(config.seed)
     split_dir, splits, label_names = load_task_data(config, task)
     model_dir = resolve_model_dir(config.model)
@@ -345,7 +359,11 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1,
         kwargs = ({"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                    "label2id": index} if classification
                   else {"num_labels": 1, "problem_type": "regression"})
-        model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
+        if config.init == "random":  # the baseline a pretrained checkpoint has to beat
+            model = TFBertForSequenceClassification(BertConfig.from_pretrained(model_dir, **kwargs))
+            model(model.dummy_inputs, training=False)
+        else:
+            model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
         metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if classification else []
         model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs),
                       loss=Float32Loss(classification=classification), metrics=metrics)

@@ -38,6 +38,8 @@ from app.errors import ConfigError, DataError, ModelError
 from data.pretraining import pretraining_dataset, read_examples_manifest, read_vocab
 from models.bert import BertConfig, BertPretrainer, load_hf_pretrained, pretraining_losses, save_hf_pretrained
 from models.distribute import pick_strategy, set_precision, split_cpu
+from models.tasks import get_task
+from models.transfer import TransferConfig, add_transfer_to_report
 
 # substrings of variable names that AdamW does not decay (BERT: LayerNorm parameters and biases)
 NO_DECAY = ["bias", "norm", "LayerNorm", "layer_norm"]
@@ -63,7 +65,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     clip_norm: float | None = 1.0  # global gradient norm; null or 0: no clipping
     adam_epsilon: float = 1e-6
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # auto: see resolve_precision
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     xla: bool = False  # jit-compile the forward/backward pass
@@ -75,6 +77,8 @@ class PretrainConfig:
     seed: int = 12345
     resume: bool = True  # continue from run_dir/checkpoints (same config only)
     progress: bool = True  # tqdm progress bar (otherwise one log line per log_every steps)
+    # after pretraining: fine-tune pretrained/ and the same architecture from random weights on transfer.task
+    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
 
     def validate(self):
         if not self.data:
@@ -103,6 +107,8 @@ class PretrainConfig:
         if self.histogram_every < 0:
             raise ConfigError(f"config key 'histogram_every' must be >= 0, got {self.histogram_every}")
         self.model.validate()
+        if self.transfer.task:
+            get_task(self.transfer.task)  # an unknown task fails now, not after the pretraining
 
 
 # === Schedule ===
@@ -190,7 +196,7 @@ def _rng_generators(model) -> list:
 
 def config_fingerprint(config: PretrainConfig) -> str:
     ignored = ("resume", "progress", "log_every", "histogram_every", "checkpoint_every", "eval_examples",
-               "eval_data", "run_dir")
+               "eval_data", "run_dir", "transfer")
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -380,15 +386,18 @@ def pretrain(config: PretrainConfig) -> dict:
     strategy = pick_strategy(config.strategy)  # first: MultiWorkerMirrored configures the runtime before its start
     previous_policy = tf.keras.mixed_precision.global_policy().name
     generator_was_on = tf.keras.backend.experimental.is_tf_random_generator_enabled()
-    set_precision(config.precision)
+    config = dataclasses.replace(config, precision=set_precision(config.precision))  # auto → the policy it picked
     tf.keras.backend.experimental.enable_tf_random_generator()  # dropout RNG as checkpointable state
     tf.keras.utils.set_random_seed(config.seed)
     try:
-        return _pretrain(config, strategy, files, manifest, eval_pattern, vocab_source, started, tqdm)
+        report = _pretrain(config, strategy, files, manifest, eval_pattern, vocab_source, started, tqdm)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
         if not generator_was_on:
             tf.keras.backend.experimental.disable_tf_random_generator()
+    if config.transfer.task and "worker" not in report:
+        report = add_transfer_to_report(config.run_dir, config.transfer)
+    return report
 
 
 def _pretrain(config: PretrainConfig, strategy, files: list[str], manifest: dict, eval_pattern: str,

@@ -273,3 +273,34 @@ def test_cli_help_and_print_config():
     assert result.returncode == 0 and "--workers" in result.stdout and "--precision" in result.stdout
     shipped = load_config(PretrainConfig, ROOT / "app" / "configs" / "pretrain-small.yaml")
     assert shipped.max_minutes <= 45 and shipped.model.num_layers == 4 and shipped.model.hidden_size == 256
+
+
+def test_transfer_check_fine_tunes_pretrained_and_random_init(exact_reference, tmp_path):
+    """Both fine-tunes run on the same MR split; the random-init one really starts from fresh weights (with a
+    1e-6 learning rate the pretrained run's embeddings stay put, the random run's are unrelated to them)."""
+    import h5py
+    from models.transfer import TransferConfig, add_transfer_to_report
+
+    run_dir = Path(exact_reference["config"]["run_dir"])
+    config = TransferConfig(task="mr-polarity", epochs=1, learning_rate=1e-6, max_train_examples=96,
+                            max_eval_examples=64)
+    transfer = add_transfer_to_report(run_dir, config, verbose=0)["transfer"]
+    assert json.loads((run_dir / "report.json").read_text())["transfer"] == transfer
+    assert transfer["sizes"]["train"] == 96 and transfer["sizes"]["test"] == 64
+    assert transfer["delta"] == pytest.approx(
+        transfer["pretrained"]["test_score"] - transfer["random"]["test_score"], abs=1e-4)
+
+    def word_embeddings(directory: Path) -> np.ndarray:
+        with h5py.File(directory / "tf_model.h5") as f:
+            names = []
+            f.visit(lambda name: names.append(name) if "word_embeddings" in name and isinstance(f[name], h5py.Dataset)
+                    else None)
+            return f[names[0]][()]
+
+    start = word_embeddings(run_dir / "pretrained")
+    assert np.abs(word_embeddings(Path(transfer["pretrained"]["run_dir"]) / "model") - start).max() < 1e-3
+    assert np.abs(word_embeddings(Path(transfer["random"]["run_dir"]) / "model") - start).mean() > 1e-2
+    with pytest.raises(ConfigError, match="transfer.task"):
+        add_transfer_to_report(run_dir, TransferConfig(), verbose=0)
+    with pytest.raises(ConfigError, match="not finished"):
+        add_transfer_to_report(tmp_path, config, verbose=0)
