@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/moat demo
 
 test: $(STAMP) $(BEAM_STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 test-all: $(STAMP) $(BEAM_STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests

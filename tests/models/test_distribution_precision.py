@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = ["--set", "max_train_examples=128", "--set", "max_eval_examples=200", "--set", "max_length=32",
-          "--set", "batch_size=32"]
+          "--set", "batch_size=32", "--set", "precision=float32"]  # the reference; the bf16 run overrides it
 
 
 def _run(tmp_path, name, *flags):
@@ -37,6 +37,26 @@ def test_mirrored_two_replicas_matches_one_device(single, tmp_path):
 
 def test_mixed_bfloat16_matches_float32(single, tmp_path):
     bf16 = _run(tmp_path, "bf16", "--set", "precision=mixed_bfloat16")
-    assert bf16["config"]["precision"] == "mixed_bfloat16"
+    assert single["config"]["precision"] == "float32" and bf16["config"]["precision"] == "mixed_bfloat16"
     assert abs(bf16["dev_history"][0]["loss"] - single["dev_history"][0]["loss"]) < 2e-2
     assert abs(bf16["test"]["loss"] - single["test"]["loss"]) < 2e-2
+
+
+@pytest.mark.parametrize("gpu_capability, cpu_bf16, expected", [
+    ((8, 0), False, "mixed_float16"),  # tensor cores
+    ((6, 1), True, "float32"),  # a Pascal GPU: float16 without tensor cores is no faster
+    (None, True, "mixed_bfloat16"),  # AMX / AVX512-BF16 CPU
+    (None, False, "float32"),
+])
+def test_auto_precision_follows_the_hardware(monkeypatch, gpu_capability, cpu_bf16, expected):
+    import tensorflow as tf
+    from models import distribute
+
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: (
+        ["GPU:0"] if kind == "GPU" and gpu_capability else [] if kind in ("GPU", "TPU") else real(kind)))
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": gpu_capability})
+    monkeypatch.setattr(distribute, "_cpu_has_bfloat16_units", lambda: cpu_bf16)
+    assert distribute.resolve_precision("auto") == expected
+    assert distribute.resolve_precision("float32") == "float32"
