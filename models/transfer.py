@@ -14,7 +14,7 @@ from app.errors import ConfigError
 class TransferConfig:
     task: str | None = None  # e.g. mr-polarity; null: no transfer check
     epochs: int = 4
-    learning_rate: float = 1e-4  # small BERTs fine-tune best above BERT-base's 2e-5..5e-5
+    learning_rate: float = 1e-4  # small BERTs take higher rates than BERT-base's 2e-5..5e-5
     batch_size: int = 32
     max_length: int = 64
     seed: int = 13
