@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Literal, get_args
 
 from app import env as _env  # noqa: F401
 
@@ -90,7 +90,7 @@ def set_precision(policy: str) -> str:
     """float32, mixed_float16 (GPU; tf_keras wraps the optimizer in a LossScaleOptimizer at compile),
     mixed_bfloat16 (TPU/CPU) or auto (see resolve_precision). Returns the policy set. Callers keep logits and losses
     in float32."""
-    if policy not in ("auto", "float32", "mixed_float16", "mixed_bfloat16"):
+    if policy not in get_args(Precision):
         raise ConfigError(f"unknown precision '{policy}'", fix="use auto, float32, mixed_float16 or mixed_bfloat16")
     policy = resolve_precision(policy)
     tf.keras.mixed_precision.set_global_policy(policy)

@@ -25,7 +25,7 @@ from app.errors import ConfigError, DataError, ModelError
 from data.dataset import field_value, read_records
 from data.split import SplitConfig, ensure_splits
 from models import metrics as metrics_lib
-from models.distribute import pick_strategy, set_precision, split_cpu
+from models.distribute import Precision, pick_strategy, set_precision, split_cpu
 from models.schedules import WarmupLinearDecay
 from models.tasks import Task, extract, get_task
 
@@ -48,7 +48,7 @@ class FinetuneConfig:
     patience: int = 2  # early stopping: epochs without dev improvement
     class_weights: Literal["none", "balanced"] = "none"
     # auto: mixed_float16 on tensor-core GPUs, mixed_bfloat16 on TPUs and bf16-capable CPUs, else float32
-    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    precision: Precision = "float32"
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     max_train_examples: int | None = None  # budget knob for demos and tests

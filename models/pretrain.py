@@ -37,7 +37,7 @@ import tensorflow as tf
 from app.errors import ConfigError, DataError, ModelError
 from data.pretraining import pretraining_dataset, read_examples_manifest, read_vocab
 from models.bert import BertConfig, BertPretrainer, load_hf_pretrained, pretraining_losses, save_hf_pretrained
-from models.distribute import pick_strategy, set_precision, split_cpu
+from models.distribute import Precision, pick_strategy, set_precision, split_cpu
 from models.tasks import get_task
 from models.transfer import TransferConfig, add_transfer_to_report
 
@@ -65,7 +65,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     clip_norm: float | None = 1.0  # global gradient norm; null or 0: no clipping
     adam_epsilon: float = 1e-6
-    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # auto: see resolve_precision
+    precision: Precision = "float32"  # auto: see resolve_precision
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     xla: bool = False  # jit-compile the forward/backward pass
