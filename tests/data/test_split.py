@@ -45,6 +45,21 @@ def test_split_dataset_writes_three_dataset_dirs(tmp_path):
         assert len(read_records(tmp_path / "out" / name, verify=True)) == size
 
 
+def test_a_given_test_split_is_kept_and_its_repeats_leave_train(tmp_path):
+    records = _records(900)
+    for r in records[:100]:
+        r["meta"] = {"split": "test"}
+    records.append({"id": "repeat", "text": "Sentence number 7", "label": "a"})  # repeats test record 7
+    write_dataset(tmp_path / "src", records, name="toy", provenance={}, license="CC0")
+    report = split_dataset(tmp_path / "src", tmp_path / "out", SplitConfig(dev=0.1, test=0.3))
+    assert report["sizes"] == {"train": 720, "dev": 80, "test": 100}  # test as given; dev = 10 % of the rest
+    assert report["given_test_split"] == {"test": 100, "left_out_repeating_a_test_text": ["repeat"]}
+    test_ids = [r["id"] for r in read_records(tmp_path / "out" / "test")]
+    assert test_ids == [str(i) for i in range(100)]
+    train_ids = {r["id"] for r in read_records(tmp_path / "out" / "train")}
+    assert "repeat" not in train_ids and not train_ids & set(test_ids)
+
+
 def test_cached_splits_follow_the_config_and_the_source(tmp_path, monkeypatch):
     from data.split import ensure_splits
 

@@ -78,7 +78,8 @@ def test_regression_needs_numbers(tmp_path):
 
 def test_trec50_stratifies_by_fine_label(minilm_dir):
     from data.fetch import fetch
-    fetch("trec")
+    fetch("trec-official")
     _, splits, labels = load_task_data(FinetuneConfig(task="trec-50"), get_task("trec-50"))
     assert len(labels) >= 45 and all(":" in label for label in labels)
     assert set(splits["test"][2]) <= set(labels)
+    assert len(splits["test"][0]) == 500  # the TREC-10 test questions, not a random split
