@@ -249,6 +249,7 @@ def bench_finetune(config: BenchConfig, work_dir: Path) -> dict:
     return {"train_examples": len(y_train), "epochs": config.finetune_epochs, "test_examples": len(y_test),
             "naive_examples_per_s": round(naive_rate, 1), "ours_examples_per_s": ours_rate,
             "naive_test_accuracy": round(naive_accuracy, 4), "ours_test_accuracy": round(report["test"]["accuracy"], 4),
+            "ours_precision": report["config"]["precision"],
             "ratio_ours_over_naive": round(ours_rate / naive_rate, 3)}
 
 
@@ -288,7 +289,8 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
                      f"| {t['ratio_ours_over_hf']} |")
     if f := stored["finetune"]:
         lines.append(f"| fine-tune MiniLM on {f['train_examples']} MR sentences × {f['epochs']} epochs "
-                     f"(train examples/s; test accuracy on {f['test_examples']}) | ours: {f['ours_examples_per_s']}; "
+                     f"(train examples/s; test accuracy on {f['test_examples']}) | ours"
+                     f"{' (' + f['ours_precision'] + ')' if f.get('ours_precision') else ''}: {f['ours_examples_per_s']}; "
                      f"{f['ours_test_accuracy']} | naive padded recipe: {f['naive_examples_per_s']}; "
                      f"{f['naive_test_accuracy']} | {f['ratio_ours_over_naive']} |")
     if d := stored.get("data"):

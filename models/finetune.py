@@ -48,7 +48,7 @@ class FinetuneConfig:
     patience: int = 2  # early stopping: epochs without dev improvement
     class_weights: Literal["none", "balanced"] = "none"
     # auto: mixed_float16 on tensor-core GPUs, mixed_bfloat16 on TPUs and bf16-capable CPUs, else float32
-    precision: Precision = "float32"
+    precision: Precision = "auto"
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     logical_cpus: int = 0  # >1 splits the CPU into that many devices (multi-device runs without GPUs)
     max_train_examples: int | None = None  # budget knob for demos and tests

@@ -23,9 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 from app.errors import ConfigError, DataError
-from models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode
+from models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode, logits_of
 
 UNLABELED = -1  # label of a sentence that only has soft targets
+TEACHER_TEMPERATURE = 2.0  # when the uncompressed baseline teaches a pruned or clustered copy (teacher_alpha)
 
 
 # === The student ===
@@ -96,12 +97,12 @@ def kl_divergence(teacher_logits, student_logits, temperature: float = 1.0):
 
 
 def predict_logits(model, arrays: Batch, batch_size: int = 64) -> np.ndarray:
-    """An HF classifier's logits on fixed-width token arrays, in order."""
+    """A classifier's logits (HF output or a logits tensor) on fixed-width token arrays, in order."""
     spec = tf.TensorSpec([None, None], tf.int32)
 
     @tf.function(input_signature=[spec, spec])
     def call(input_ids, attention_mask):
-        return tf.cast(model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits, tf.float32)
+        return tf.cast(logits_of(model(input_ids=input_ids, attention_mask=attention_mask, training=False)), tf.float32)
 
     n = len(arrays["input_ids"])
     return np.concatenate([call(arrays["input_ids"][i:i + batch_size], arrays["attention_mask"][i:i + batch_size])
@@ -150,6 +151,14 @@ def unlabeled_texts(source: str, context: CompressContext, limit: int | None) ->
 
 # === Training ===
 
+def teacher_dataset(arrays: Batch, labels: np.ndarray, teacher_logits: np.ndarray, *, batch_size: int,
+                    seed: int) -> tf.data.Dataset:
+    """Shuffled (features, [label, teacher logits...]) batches, the packing DistillationLoss reads."""
+    targets = np.concatenate([labels[:, None].astype(np.float32), teacher_logits.astype(np.float32)], axis=1)
+    return (tf.data.Dataset.from_tensor_slices(({name: arrays[name] for name in INPUT_NAMES}, targets))
+            .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size).prefetch(2))
+
+
 def distill(student, *, arrays: Batch, labels: np.ndarray, teacher_logits: np.ndarray, settings: DistillSettings,
             seed: int = 13, verbose: int = 0) -> int:
     """Trains `student` in place on (arrays, labels | UNLABELED, teacher_logits) with models/finetune.py's
@@ -160,9 +169,7 @@ def distill(student, *, arrays: Batch, labels: np.ndarray, teacher_logits: np.nd
     steps = math.ceil(n / settings.batch_size) * settings.epochs
     if steps == 0:
         return 0
-    targets = np.concatenate([labels[:, None].astype(np.float32), teacher_logits.astype(np.float32)], axis=1)
-    data = (tf.data.Dataset.from_tensor_slices(({name: arrays[name] for name in INPUT_NAMES}, targets))
-            .shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(settings.batch_size).prefetch(2))
+    data = teacher_dataset(arrays, labels, teacher_logits, batch_size=settings.batch_size, seed=seed)
     student.compile(optimizer=build_optimizer(FinetuneConfig(learning_rate=settings.learning_rate), steps),
                     loss=DistillationLoss(temperature=settings.temperature, alpha=settings.alpha))
     student.fit(data, epochs=settings.epochs, verbose=verbose)

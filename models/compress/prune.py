@@ -108,20 +108,48 @@ class ScheduledPruning(tf.keras.callbacks.Callback):
         self._apply_masks()
 
 
-def make_schedule(settings: PruneSettings, total_steps: int):
+def make_schedule(settings: PruneSettings, total_steps: int, sparsity: float | None = None):
     """ConstantSparsity from step 0, or PolynomialDecay 0 → target over the first ~2/3 of training (ending on an
     update step, so the last update applies the target exactly), leaving the rest to recover at full sparsity."""
+    sparsity = settings.target_sparsity if sparsity is None else sparsity
     frequency = max(1, min(settings.frequency, total_steps // 4 or 1))
     if settings.schedule == "constant":
-        return tfmot.sparsity.keras.ConstantSparsity(settings.target_sparsity, begin_step=0, frequency=frequency)
+        return tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=frequency)
     updates = max(1, int(total_steps * 2 / 3) // frequency)
-    return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=settings.target_sparsity,
+    return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity,
                                                 begin_step=0, end_step=updates * frequency, frequency=frequency)
+
+
+def zero_unseen_token_rows(embeddings: tf.Variable, context: CompressContext) -> int:
+    """Zeroes the rows of token ids absent from the train split's inputs; returns how many. Magnitude masks take
+    exact zeros first, and AdamW keeps a row with no gradient at zero, so they stay pruned."""
+    seen = np.zeros(embeddings.shape[0], bool)
+    seen[np.unique(context.arrays["train"]["input_ids"])] = True
+    embeddings.assign(tf.where(tf.constant(seen)[:, None], embeddings, tf.zeros_like(embeddings)))
+    return int((~seen).sum())
+
+
+def block_and_embedding_sparsity(settings: PruneSettings, block_params: int, embedding_params: int
+                                 ) -> tuple[float, float]:
+    """Per-group targets: uniform, or with `embedding_sparsity` set, the block sparsity that keeps
+    (zeros in blocks + zeros in embeddings) / (block + embedding params) at target_sparsity."""
+    if settings.embedding_sparsity is None or not embedding_params:
+        return settings.target_sparsity, settings.target_sparsity
+    total = block_params + embedding_params
+    blocks = (settings.target_sparsity * total - settings.embedding_sparsity * embedding_params) / block_params
+    if not 0 < blocks < 1:
+        raise ConfigError(f"prune.embedding_sparsity={settings.embedding_sparsity} leaves the transformer blocks a "
+                          f"sparsity of {blocks:.3f} for an overall {settings.target_sparsity}",
+                          fix="choose an embedding_sparsity closer to target_sparsity")
+    return blocks, settings.embedding_sparsity
 
 
 def fine_tune(model, context: CompressContext, settings, *, callbacks=(), verbose: int = 2) -> int:
     """models/finetune.py's recipe (AdamW with weight-decay exclusions, warm-up + linear decay, clipping, float32
-    loss) on the context's train split. Returns the number of optimizer steps."""
+    loss) on the context's train split; with `settings.teacher_alpha` > 0 the model's own logits from before this
+    call are the teacher's soft targets (it is the uncompressed baseline then). Returns the number of optimizer
+    steps."""
+    from models.compress.distill import TEACHER_TEMPERATURE, DistillationLoss, predict_logits, teacher_dataset
     from models.finetune import FinetuneConfig, Float32Loss, build_optimizer
 
     steps_per_epoch = math.ceil(len(context.targets["train"]) / settings.batch_size)
@@ -129,10 +157,17 @@ def fine_tune(model, context: CompressContext, settings, *, callbacks=(), verbos
     if total == 0:
         return 0
     optimizer = build_optimizer(FinetuneConfig(learning_rate=settings.learning_rate), total)
-    model.compile(optimizer=optimizer, loss=Float32Loss(classification=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    model.fit(context.dataset("train", batch_size=settings.batch_size), epochs=settings.epochs,
-              callbacks=list(callbacks), verbose=verbose)
+    if settings.teacher_alpha > 0:
+        arrays = context.arrays["train"]
+        data = teacher_dataset(arrays, context.targets["train"], predict_logits(model, arrays),
+                               batch_size=settings.batch_size, seed=context.config.seed)
+        model.compile(optimizer=optimizer, loss=DistillationLoss(temperature=TEACHER_TEMPERATURE,
+                                                                 alpha=settings.teacher_alpha))
+    else:
+        data = context.dataset("train", batch_size=settings.batch_size)
+        model.compile(optimizer=optimizer, loss=Float32Loss(classification=True),
+                      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.fit(data, epochs=settings.epochs, callbacks=list(callbacks), verbose=verbose)
     return total
 
 
@@ -145,20 +180,35 @@ def prune_hf(model, context: CompressContext, settings: PruneSettings, *, struct
         raise ConfigError(f"pruning needs at least 2 training steps, the settings give {total}",
                           fix="raise prune.epochs or lower prune.batch_size")
     m_by_n = M_BY_N if structure == "2:4" else None
-    variables = block_kernels(model)
-    if structure == "unstructured" and settings.embeddings:
-        variables.append(word_embeddings(model))
-    callback = ScheduledPruning(variables=variables, schedule=make_schedule(settings, total), m_by_n=m_by_n)
-    fine_tune(model, context, settings, callbacks=[callback], verbose=verbose)
+    blocks = block_kernels(model)
+    embeddings = [word_embeddings(model)] if structure == "unstructured" and settings.embeddings else []
+    block_target, embedding_target = (0.5, None) if m_by_n else block_and_embedding_sparsity(
+        settings, sum(int(np.prod(v.shape)) for v in blocks), sum(int(np.prod(v.shape)) for v in embeddings))
+    callbacks = [ScheduledPruning(variables=blocks, schedule=make_schedule(settings, total, block_target),
+                                  m_by_n=m_by_n)]
+    if embeddings:
+        callbacks.append(ScheduledPruning(variables=embeddings,
+                                          schedule=make_schedule(settings, total, embedding_target)))
+    unseen = zero_unseen_token_rows(embeddings[0], context) if embeddings and settings.drop_unseen_tokens else None
+    if unseen is not None and unseen / embeddings[0].shape[0] > embedding_target:
+        raise ConfigError(f"prune.drop_unseen_tokens zeroes {unseen / embeddings[0].shape[0]:.1%} of the word "
+                          f"embeddings, more than their target sparsity {embedding_target}",
+                          fix="raise prune.embedding_sparsity, or set prune.drop_unseen_tokens=false")
+    fine_tune(model, context, settings, callbacks=callbacks, verbose=verbose)
+    variables = blocks + embeddings
+    targets = {short_name(v): block_target for v in blocks} | {short_name(v): embedding_target for v in embeddings}
     per_variable = {short_name(v): round(sparsity_of(v.numpy()), 4) for v in variables}
-    target = 0.5 if m_by_n else settings.target_sparsity
-    off = {name: s for name, s in per_variable.items() if abs(s - target) > 0.01}
+    off = {name: s for name, s in per_variable.items() if abs(s - targets[name]) > 0.01}
     if off:  # should not happen with a schedule that ends on an update step: never report a wrong sparsity
-        raise ModelError(f"pruning missed its target {target:.2f} on {sorted(off)[:3]}: {list(off.values())[:3]}",
+        raise ModelError(f"pruning missed its targets on {sorted(off)[:3]}: {list(off.values())[:3]}",
                          fix="use more training steps or a smaller prune.frequency")
+    pruned = sum(int(np.prod(v.shape)) for v in variables)
+    target = round(sum(targets[short_name(v)] * int(np.prod(v.shape)) for v in variables) / pruned, 4)
     result = {"structure": structure, "schedule": settings.schedule, "target_sparsity": target,
-              "steps": total, "per_variable_sparsity": per_variable,
-              "pruned_params": int(sum(np.prod(v.shape) for v in variables))}
+              "block_sparsity": block_target, "embedding_sparsity": embedding_target,
+              "steps": total, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
+              "teacher_alpha": settings.teacher_alpha, "per_variable_sparsity": per_variable,
+              "pruned_params": pruned, "unseen_token_rows_zeroed": unseen}
     if m_by_n:
         result["m_by_n_holds"] = all(m_by_n_holds(v.numpy()) for v in variables)
     return result

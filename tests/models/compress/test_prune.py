@@ -58,6 +58,49 @@ def test_unstructured_80_percent_hits_target_per_kernel_and_round_trips(context,
     np.testing.assert_array_equal(token_id_function(again)(batch), expected)
 
 
+def test_embedding_sparsity_reallocates_at_the_same_overall_target_with_the_baseline_teaching(context):
+    baseline_accuracy = accuracy(context.load_baseline(), context)
+    # the tiny model is 98 % word embeddings: 0.81 there leaves its blocks ~0.20 for 0.8 overall
+    settings = PruneSettings(target_sparsity=0.8, embedding_sparsity=0.81, teacher_alpha=0.5,
+                             structure=["unstructured"], **FAST)
+    [variant] = compress(context, settings)
+    model = variant.model
+    blocks, embeddings = block_kernels(model), word_embeddings(model)
+    block_params = sum(int(np.prod(w.shape)) for w in blocks)
+    embedding_params = int(np.prod(embeddings.shape))
+    expected_blocks = (0.8 * (block_params + embedding_params) - 0.81 * embedding_params) / block_params
+    assert 0.1 < expected_blocks < 0.3 and variant.notes["block_sparsity"] == pytest.approx(expected_blocks)
+    for weight in blocks:
+        assert abs(sparsity_of(weight.numpy()) - expected_blocks) <= 0.01, weight.name
+    assert abs(sparsity_of(embeddings.numpy()) - 0.81) <= 0.01
+    zeros = sum(int(np.sum(w.numpy() == 0)) for w in blocks + [embeddings])
+    assert zeros / (block_params + embedding_params) == pytest.approx(0.8, abs=0.005)
+    assert variant.notes["target_sparsity"] == 0.8 and variant.notes["teacher_alpha"] == 0.5
+    assert variant.name == "prune-80-polynomial"  # the report's 80 % check reads target_sparsity
+    assert accuracy(model, context) >= baseline_accuracy - 0.05
+
+
+def test_unseen_token_rows_are_pruned_first_and_stay_zero(context):
+    # the tiny model trains on 400 sentences: 91 % of the vocabulary never occurs there
+    settings = PruneSettings(target_sparsity=0.95, structure=["unstructured"], drop_unseen_tokens=True, **FAST)
+    [variant] = compress(context, settings)
+    rows = word_embeddings(variant.model).numpy()  # (vocab, hidden)
+    seen = np.unique(context.arrays["train"]["input_ids"])
+    unseen = np.setdiff1d(np.arange(rows.shape[0]), seen)
+    assert variant.notes["unseen_token_rows_zeroed"] == len(unseen) > 0.5 * rows.shape[0]
+    assert not rows[unseen].any()  # every unseen token's row is exactly zero after training
+    assert abs(sparsity_of(rows) - 0.95) <= 0.01 and rows[seen].any()
+    with pytest.raises(ConfigError, match="zeroes .* of the word embeddings, more than their target sparsity 0.5"):
+        compress(context, PruneSettings(target_sparsity=0.5, structure=["unstructured"], drop_unseen_tokens=True,
+                                        **FAST))
+
+
+def test_an_embedding_sparsity_the_blocks_cannot_balance_is_a_config_error(context):
+    with pytest.raises(ConfigError, match="leaves the transformer blocks a sparsity of"):
+        compress(context, PruneSettings(target_sparsity=0.3, embedding_sparsity=0.95, structure=["unstructured"],
+                                        **FAST))
+
+
 def test_two_of_four_holds_in_every_group(context):
     settings = PruneSettings(structure=["2:4"], schedule="constant", **FAST)
     [variant] = compress(context, settings)
