@@ -97,3 +97,13 @@ def test_ptq_variant_is_served_over_rest_and_grpc(ptq_report, tiny_context):
         encode(tiny_context.tokenizer, texts, tiny_context.max_length))
     np.testing.assert_allclose(rest_probs, softmax(logits), atol=0.05)
     assert [p["label"] for p in by_rest] == [tiny_context.labels[i] for i in logits.argmax(-1)]
+
+
+def test_the_bench_recipes_are_valid_settings():
+    from models.compress.base import CompressConfig
+    from models.compress.report import mr_recipes
+
+    config = CompressConfig(**mr_recipes())
+    config.validate()
+    assert config.prune.embedding_sparsity == 0.9 and config.prune.drop_unseen_tokens
+    assert config.distill.student_layers == 2 and config.distill.unlabeled == "amazon"
