@@ -288,9 +288,10 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
                      f"{t['ours_sentences_per_s']} | HF BertTokenizerFast: {t['hf_fast_sentences_per_s']} "
                      f"| {t['ratio_ours_over_hf']} |")
     if f := stored["finetune"]:
+        precision = f" ({f['ours_precision']})" if f.get("ours_precision") else ""
         lines.append(f"| fine-tune MiniLM on {f['train_examples']} MR sentences × {f['epochs']} epochs "
-                     f"(train examples/s; test accuracy on {f['test_examples']}) | ours"
-                     f"{' (' + f['ours_precision'] + ')' if f.get('ours_precision') else ''}: {f['ours_examples_per_s']}; "
+                     f"(train examples/s; test accuracy on {f['test_examples']}) | ours{precision}: "
+                     f"{f['ours_examples_per_s']}; "
                      f"{f['ours_test_accuracy']} | naive padded recipe: {f['naive_examples_per_s']}; "
                      f"{f['naive_test_accuracy']} | {f['ratio_ours_over_naive']} |")
     if d := stored.get("data"):
