@@ -63,14 +63,14 @@ def given_test_split(records: list[dict]) -> tuple[list[dict], list[dict], list[
     (trec-official); all empty lists but `rest` otherwise. Published results are on that split, so it is kept
     whole; `repeats` are the other records whose text is also a test text, left out of train and dev so no test
     text is trained on."""
-    test = [r for r in records if field_value(r, "meta.split") == "test"]
+    test, others = [], []
+    for record in records:
+        (test if field_value(record, "meta.split") == "test" else others).append(record)
     if not test:
         return [], records, []
     test_texts = {_normalized(r["text"]) for r in test}
-    rest, repeats = [], []
-    for record in records:
-        if field_value(record, "meta.split") != "test":
-            (repeats if _normalized(record["text"]) in test_texts else rest).append(record)
+    rest = [r for r in others if _normalized(r["text"]) not in test_texts]
+    repeats = [r for r in others if _normalized(r["text"]) in test_texts]
     return test, rest, repeats
 
 

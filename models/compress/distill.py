@@ -26,7 +26,6 @@ from app.errors import ConfigError, DataError
 from models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode, logits_of
 
 UNLABELED = -1  # label of a sentence that only has soft targets
-TEACHER_TEMPERATURE = 2.0  # when the uncompressed baseline teaches a pruned or clustered copy (teacher_alpha)
 
 
 # === The student ===

@@ -27,6 +27,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_imp
 
 from app.errors import ConfigError, ModelError
 from models.compress.base import CompressContext, PruneSettings, Variant
+from models.compress.distill import DistillationLoss, predict_logits, teacher_dataset
 from models.compress.report import gzip_bytes
 
 M_BY_N = (2, 4)
@@ -56,6 +57,10 @@ def short_name(variable) -> str:
         if anchor in name:
             return anchor[1:] + name.split(anchor, 1)[1]
     return name
+
+
+def _size(variable) -> int:
+    return int(np.prod(variable.shape))
 
 
 def sparsity_of(values: np.ndarray) -> float:
@@ -120,13 +125,11 @@ def make_schedule(settings: PruneSettings, total_steps: int, sparsity: float | N
                                                 begin_step=0, end_step=updates * frequency, frequency=frequency)
 
 
-def zero_unseen_token_rows(embeddings: tf.Variable, context: CompressContext) -> int:
-    """Zeroes the rows of token ids absent from the train split's inputs; returns how many. Magnitude masks take
-    exact zeros first, and AdamW keeps a row with no gradient at zero, so they stay pruned."""
-    seen = np.zeros(embeddings.shape[0], bool)
+def unseen_token_ids(context: CompressContext, vocab_size: int) -> np.ndarray:
+    """Token ids absent from the train split's inputs: their embedding rows get no gradient from the task."""
+    seen = np.zeros(vocab_size, bool)
     seen[np.unique(context.arrays["train"]["input_ids"])] = True
-    embeddings.assign(tf.where(tf.constant(seen)[:, None], embeddings, tf.zeros_like(embeddings)))
-    return int((~seen).sum())
+    return np.flatnonzero(~seen)
 
 
 def block_and_embedding_sparsity(settings: PruneSettings, block_params: int, embedding_params: int
@@ -144,12 +147,14 @@ def block_and_embedding_sparsity(settings: PruneSettings, block_params: int, emb
     return blocks, settings.embedding_sparsity
 
 
+TEACHER_TEMPERATURE = 2.0  # when the uncompressed model teaches its compressed copy (teacher_alpha)
+
+
 def fine_tune(model, context: CompressContext, settings, *, callbacks=(), verbose: int = 2) -> int:
     """models/finetune.py's recipe (AdamW with weight-decay exclusions, warm-up + linear decay, clipping, float32
     loss) on the context's train split; with `settings.teacher_alpha` > 0 the model's own logits from before this
     call are the teacher's soft targets (it is the uncompressed baseline then). Returns the number of optimizer
     steps."""
-    from models.compress.distill import TEACHER_TEMPERATURE, DistillationLoss, predict_logits, teacher_dataset
     from models.finetune import FinetuneConfig, Float32Loss, build_optimizer
 
     steps_per_epoch = math.ceil(len(context.targets["train"]) / settings.batch_size)
@@ -181,34 +186,40 @@ def prune_hf(model, context: CompressContext, settings: PruneSettings, *, struct
                           fix="raise prune.epochs or lower prune.batch_size")
     m_by_n = M_BY_N if structure == "2:4" else None
     blocks = block_kernels(model)
-    embeddings = [word_embeddings(model)] if structure == "unstructured" and settings.embeddings else []
+    embedding = word_embeddings(model) if structure == "unstructured" and settings.embeddings else None
     block_target, embedding_target = (0.5, None) if m_by_n else block_and_embedding_sparsity(
-        settings, sum(int(np.prod(v.shape)) for v in blocks), sum(int(np.prod(v.shape)) for v in embeddings))
+        settings, sum(_size(v) for v in blocks), _size(embedding) if embedding is not None else 0)
     callbacks = [ScheduledPruning(variables=blocks, schedule=make_schedule(settings, total, block_target),
                                   m_by_n=m_by_n)]
-    if embeddings:
-        callbacks.append(ScheduledPruning(variables=embeddings,
+    targets = {short_name(v): block_target for v in blocks}
+    unseen = None
+    if embedding is not None:
+        callbacks.append(ScheduledPruning(variables=[embedding],
                                           schedule=make_schedule(settings, total, embedding_target)))
-    unseen = zero_unseen_token_rows(embeddings[0], context) if embeddings and settings.drop_unseen_tokens else None
-    if unseen is not None and unseen / embeddings[0].shape[0] > embedding_target:
-        raise ConfigError(f"prune.drop_unseen_tokens zeroes {unseen / embeddings[0].shape[0]:.1%} of the word "
-                          f"embeddings, more than their target sparsity {embedding_target}",
-                          fix="raise prune.embedding_sparsity, or set prune.drop_unseen_tokens=false")
+        targets[short_name(embedding)] = embedding_target
+        if settings.drop_unseen_tokens:
+            unseen = unseen_token_ids(context, embedding.shape[0])
+            if len(unseen) / embedding.shape[0] > embedding_target:
+                raise ConfigError(f"prune.drop_unseen_tokens zeroes {len(unseen) / embedding.shape[0]:.1%} of the "
+                                  f"word embeddings, more than their target sparsity {embedding_target}",
+                                  fix="raise prune.embedding_sparsity, or set prune.drop_unseen_tokens=false")
+            # Magnitude masks take exact zeros first, and AdamW keeps a row without gradient at zero.
+            embedding.scatter_update(tf.IndexedSlices(tf.zeros([len(unseen), embedding.shape[1]]), unseen))
     fine_tune(model, context, settings, callbacks=callbacks, verbose=verbose)
-    variables = blocks + embeddings
-    targets = {short_name(v): block_target for v in blocks} | {short_name(v): embedding_target for v in embeddings}
+    variables = blocks + ([embedding] if embedding is not None else [])
     per_variable = {short_name(v): round(sparsity_of(v.numpy()), 4) for v in variables}
     off = {name: s for name, s in per_variable.items() if abs(s - targets[name]) > 0.01}
     if off:  # should not happen with a schedule that ends on an update step: never report a wrong sparsity
         raise ModelError(f"pruning missed its targets on {sorted(off)[:3]}: {list(off.values())[:3]}",
                          fix="use more training steps or a smaller prune.frequency")
-    pruned = sum(int(np.prod(v.shape)) for v in variables)
-    target = round(sum(targets[short_name(v)] * int(np.prod(v.shape)) for v in variables) / pruned, 4)
-    result = {"structure": structure, "schedule": settings.schedule, "target_sparsity": target,
+    # the allocation keeps the overall sparsity of the pruned weights at target_sparsity
+    result = {"structure": structure, "schedule": settings.schedule,
+              "target_sparsity": 0.5 if m_by_n else settings.target_sparsity,
               "block_sparsity": block_target, "embedding_sparsity": embedding_target,
               "steps": total, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
               "teacher_alpha": settings.teacher_alpha, "per_variable_sparsity": per_variable,
-              "pruned_params": pruned, "unseen_token_rows_zeroed": unseen}
+              "pruned_params": sum(_size(v) for v in variables),
+              "unseen_token_rows_zeroed": None if unseen is None else len(unseen)}
     if m_by_n:
         result["m_by_n_holds"] = all(m_by_n_holds(v.numpy()) for v in variables)
     return result
