@@ -31,6 +31,7 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "05_serving.ipynb": ["REST predictions", "gRPC probabilities", "max |REST - gRPC|", "gRPC classify",
                                  "AVAILABLE", "processed_batch_size_count", "server stopped"],
             "06_compress.ipynb": ["ptq-dynamic: ", "x smaller than float32", "dynamic-range TFLite",
+                                  "embedding_sparsity=0.9",
                                   "no TFLite variant exported"]}
 
 
