@@ -11,6 +11,7 @@ import dataclasses
 import json
 import hashlib
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float = 1.0
+    layer_decay: float = 1.0  # < 1: layer-wise learning rates, the embeddings slowest (see LayerwiseAdamW)
+    ema_momentum: float | None = None  # e.g. 0.99: dev/test/export use an exponential moving average of the weights
     patience: int = 2  # early stopping: epochs without dev improvement
     class_weights: Literal["none", "balanced"] = "none"
     # auto: mixed_float16 on tensor-core GPUs, mixed_bfloat16 on TPUs and bf16-capable CPUs, else float32
@@ -65,6 +68,12 @@ class FinetuneConfig:
         for name in ("batch_size", "epochs", "learning_rate", "log_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"config key '{name}' must be > 0, got {getattr(self, name)}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"config key 'layer_decay' must be in (0, 1], got {self.layer_decay}",
+                              fix="e.g. --set layer_decay=0.9, or 1.0 for one learning rate")
+        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
+            raise ConfigError(f"config key 'ema_momentum' must be null or in (0, 1), got {self.ema_momentum}",
+                              fix="e.g. --set ema_momentum=0.99 (about the last 100 steps), or null for the raw weights")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"config key 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if not 8 <= self.max_length <= 512:
@@ -184,6 +193,11 @@ class EvalAndLog(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         tick = time.time()
+        raw = None
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # under a loss scale
+        if optimizer.use_ema:  # score (and keep) the averaged weights; training goes on from the raw ones
+            raw = self.model.get_weights()
+            optimizer.finalize_variable_values(self.model.trainable_variables)
         result = {"epoch": epoch + 1, "step": self.step, **self.evaluate()}
         self.eval_seconds += time.time() - tick
         self.history.append(result)
@@ -199,6 +213,8 @@ class EvalAndLog(tf.keras.callbacks.Callback):
             self.since_best += 1
             if self.since_best >= self.patience:
                 self.model.stop_training = True
+        if raw is not None:
+            self.model.set_weights(raw)
 
 
 class Float32Loss(tf.keras.losses.Loss):
@@ -269,11 +285,43 @@ def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: 
     return state
 
 
-def build_optimizer(config: FinetuneConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
+class LayerwiseAdamW(tf.keras.optimizers.AdamW):
+    """AdamW with layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): encoder layer k of L
+    steps `decay ** (L + 1 - k)` as far as the head, the embeddings (k = 0) least. Keras optimizers hold one
+    learning rate, so each variable's update is scaled after it is made: v ← v₀ + s·(v₁ − v₀), which is Adam's
+    step at rate s·lr. The decoupled weight decay, applied before the update, keeps the global rate."""
+
+    def __init__(self, *, layer_decay: float, num_layers: int, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_decay, self.num_layers = layer_decay, num_layers
+
+    def scale(self, name: str) -> float:
+        layer = re.search(r"/layer_\._(\d+)/", name)
+        depth = int(layer.group(1)) + 1 if layer else 0 if "/embeddings/" in name else self.num_layers + 1
+        return self.layer_decay ** (self.num_layers + 1 - depth)
+
+    def update_step(self, gradient, variable):
+        scale = self.scale(variable.name)  # Python, at trace time
+        if scale == 1.0:
+            return super().update_step(gradient, variable)
+        before = tf.identity(variable)
+        super().update_step(gradient, variable)
+        variable.assign(before + scale * (variable - before))
+
+    def get_config(self):
+        return {**super().get_config(), "layer_decay": self.layer_decay, "num_layers": self.num_layers}
+
+
+def build_optimizer(config: FinetuneConfig, total_steps: int,
+                    num_layers: int = 0) -> tf.keras.optimizers.Optimizer:
     schedule = WarmupLinearDecay(peak=config.learning_rate, total_steps=total_steps,
                                  warmup_steps=int(config.warmup_ratio * total_steps))
-    optimizer = tf.keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay,
-                                          global_clipnorm=config.clip_norm, epsilon=1e-6)
+    options = dict(learning_rate=schedule, weight_decay=config.weight_decay, global_clipnorm=config.clip_norm,
+                   epsilon=1e-6)
+    if config.ema_momentum:
+        options.update(use_ema=True, ema_momentum=config.ema_momentum)
+    optimizer = (LayerwiseAdamW(layer_decay=config.layer_decay, num_layers=num_layers, **options)
+                 if config.layer_decay < 1 else tf.keras.optimizers.AdamW(**options))
     optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm"])
     return optimizer
 
@@ -365,7 +413,8 @@ def _finetune(config: FinetuneConfig, *, verbose: int,
         else:
             model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
         metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if classification else []
-        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs),
+        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs,
+                                                model.config.num_hidden_layers),
                       loss=Float32Loss(classification=classification), metrics=metrics)
 
     def evaluate(name: str, brief: bool, outputs: np.ndarray | None = None) -> dict:

@@ -136,6 +136,21 @@ class BudgetedWarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak}
 
 
+def fitting_steps(*, step: int, seconds_left: float, step_seconds: float, max_steps: int | None) -> int:
+    """The run's total step count that spends `seconds_left` at `step_seconds` a step: at least one more step, at
+    most `max_steps` (a run already there ends now)."""
+    total = step + max(1, int(seconds_left / step_seconds))
+    return total if max_steps is None else max(min(total, max_steps), step)
+
+
+def _chief_decides(strategy, value: int, chief: bool) -> int:
+    """One decision for the whole cluster: the chief's first replica's value (every other replica adds 0)."""
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.where(
+        tf.distribute.get_replica_context().replica_id_in_sync_group == 0, float(value) if chief else 0.0, 0.0)),
+        axis=None)
+    return int(total.numpy())
+
+
 # === Setup ===
 
 def _cluster_role(strategy) -> tuple[bool, int, int]:
@@ -491,22 +506,32 @@ def _pretrain(config: PretrainConfig, strategy, files: list[str], manifest: dict
             calibration_started = time.time()  # the first step traced the functions: time the ones after it
         if calibrating and step == first_step + 1 + config.calibration_steps:
             step_seconds = (time.time() - calibration_started) / config.calibration_steps
-            left = config.max_minutes * 60 - train_clock()
-            estimate = step + max(1, int(0.97 * left / step_seconds))  # 3 %: logging and checkpoints
-            if config.steps is not None:
-                estimate = min(estimate, config.steps)
-            # one decision for the whole cluster: the chief's first replica's (every other replica adds 0)
-            estimate = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.where(
-                tf.distribute.get_replica_context().replica_id_in_sync_group == 0,
-                float(estimate) if chief else 0.0, 0.0)), axis=None)
-            total = max(int(estimate.numpy()), step)
+            estimate = fitting_steps(step=step, seconds_left=config.max_minutes * 60 - train_clock(),
+                                     step_seconds=step_seconds / 0.97, max_steps=config.steps)  # 3 %: logs, saves
+            total = _chief_decides(strategy, estimate, chief)
             set_length(total)
             calibrating = False
             budget = {"max_minutes": config.max_minutes, "calibrated_at_step": step,
                       "step_seconds": round(step_seconds, 4), "seconds_at_calibration": round(train_clock(), 1),
-                      "planned_seconds": round(train_clock() + (total - step) * step_seconds, 1)}
+                      "planned_seconds": round(train_clock() + (total - step) * step_seconds, 1), "replans": []}
             bar.total = total
             bar.refresh()
+        elif budget and step < total and step % config.log_every == 0 and step > budget["calibrated_at_step"]:
+            # steps often slow down after the timed ones (data, checkpoints, a busy machine): re-fit the plan to
+            # the pace since calibration, so the run still ends on its budget with the learning rate decayed
+            pace = (train_clock() - budget["seconds_at_calibration"]) / (step - budget["calibrated_at_step"])
+            estimate = fitting_steps(step=step, seconds_left=config.max_minutes * 60 - train_clock(),
+                                     step_seconds=pace, max_steps=config.steps)
+            if abs(estimate - total) <= 0.01 * (total - step):
+                estimate = total  # not worth a jump in the learning rate
+            # every worker reaches this step and joins the collective; the chief's clock decides
+            replanned = _chief_decides(strategy, estimate, chief)
+            if replanned != total:
+                total = replanned
+                schedule.total_steps.assign(total)  # the warm-up keeps its length: only the decay is re-sized
+                budget["replans"] = (budget.get("replans", []) + [{"step": step, "steps": total}])[-20:]
+                bar.total = total
+                bar.refresh()
         if step % config.log_every == 0 or (not calibrating and step == total):
             seconds = time.time() - window_started
             row = {"step": step, **summarise(window, window_steps),

@@ -70,3 +70,23 @@ def test_float32_loss_takes_labels_in_either_shape():
     logits = tf.constant([[2.0, 0.0], [0.0, 2.0]])
     expected = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits([0, 0], logits)))
     assert abs(float(Float32Loss(classification=True)(tf.constant([[0], [0]]), logits)) - expected) < 1e-6
+
+
+def test_layer_decay_scales_each_layers_step_and_ema_is_opt_in():
+    import tensorflow as tf
+
+    from models.finetune import FinetuneConfig, LayerwiseAdamW, build_optimizer
+
+    names = ["bert/embeddings/word_embeddings", "bert/encoder/layer_._0/dense", "bert/encoder/layer_._1/dense",
+             "bert/pooler/dense", "classifier"]
+    variables = [tf.Variable(tf.zeros(3), name=name) for name in names]
+    optimizer = build_optimizer(FinetuneConfig(learning_rate=1e-2, layer_decay=0.5, warmup_ratio=0.0,
+                                               weight_decay=0.0), total_steps=100, num_layers=2)
+    assert isinstance(optimizer, LayerwiseAdamW) and not optimizer.use_ema
+    optimizer.apply_gradients([(tf.ones(3), v) for v in variables])
+    steps = np.array([float(-v.numpy()[0]) for v in variables])  # Adam's first step: ≈ lr·sign(g), then scaled
+    np.testing.assert_allclose(steps / steps[-1], [0.5 ** 3, 0.5 ** 2, 0.5, 1, 1], rtol=1e-5)
+    np.testing.assert_allclose(steps[-1], 1e-2, rtol=1e-3)
+
+    plain = build_optimizer(FinetuneConfig(learning_rate=1e-2, ema_momentum=0.99), total_steps=100)
+    assert type(plain) is tf.keras.optimizers.AdamW and plain.use_ema and plain.ema_momentum == 0.99

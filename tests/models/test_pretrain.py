@@ -231,6 +231,19 @@ def test_time_budget_sizes_the_schedule(examples, tmp_path):
     assert budget["planned_seconds"] <= 24 + budget["step_seconds"] or report["steps"] == 7, budget
     assert all(row["learning_rate"] == 0 for row in history[:5]), history[:6]  # timed at learning rate 0
     assert history[-1]["learning_rate"] < history[5]["learning_rate"] or report["steps"] == 7
+    assert all(replan["steps"] > replan["step"] for replan in budget["replans"]), budget  # re-fits end after them
+    if budget["replans"]:
+        assert report["steps"] == budget["replans"][-1]["steps"]
+
+
+def test_a_slower_pace_shortens_the_plan_and_a_spent_budget_ends_it_next_step():
+    from models.pretrain import fitting_steps
+
+    assert fitting_steps(step=100, seconds_left=600, step_seconds=1.0, max_steps=None) == 700
+    assert fitting_steps(step=100, seconds_left=600, step_seconds=1.2, max_steps=None) == 600  # steps slowed
+    assert fitting_steps(step=100, seconds_left=600, step_seconds=1.0, max_steps=400) == 400  # steps cap it
+    assert fitting_steps(step=100, seconds_left=-5, step_seconds=1.0, max_steps=None) == 101  # over budget
+    assert fitting_steps(step=100, seconds_left=600, step_seconds=1.0, max_steps=50) == 100  # past the cap
 
 
 def test_weight_decay_skips_layer_norm_and_biases(examples):
