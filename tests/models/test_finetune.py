@@ -90,3 +90,29 @@ def test_layer_decay_scales_each_layers_step_and_ema_is_opt_in():
 
     plain = build_optimizer(FinetuneConfig(learning_rate=1e-2, ema_momentum=0.99), total_steps=100)
     assert type(plain) is tf.keras.optimizers.AdamW and plain.use_ema and plain.ema_momentum == 0.99
+
+
+def test_ema_weights_are_scored_and_kept_while_training_goes_on_from_the_raw_ones(tmp_path):
+    import tensorflow as tf
+
+    from models.finetune import EvalAndLog
+
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.AdamW(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+    scored, raw = [], []
+
+    def evaluate():
+        scored.append(model.get_weights()[0].copy())
+        return {"score": -float(len(scored))}  # the first epoch stays best
+
+    class RawWeights(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raw.append(self.model.get_weights()[0].copy())
+
+    logger = EvalAndLog(run_dir=tmp_path, every=100, evaluate=evaluate, patience=5, classification=False)
+    model.fit(np.ones((8, 2), np.float32), np.full((8, 1), 3.0, np.float32), epochs=2, batch_size=4, verbose=0,
+              callbacks=[logger, RawWeights()])
+    assert not np.allclose(scored[0], raw[0]) and not np.allclose(scored[1], raw[1])  # the average lags behind
+    np.testing.assert_array_equal(logger.best_weights[0], scored[0])
+    assert np.all(raw[1] > raw[0])  # training went on from the raw weights (the target pulls them up)
