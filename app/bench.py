@@ -270,7 +270,8 @@ def bench_finetune(config: BenchConfig, work_dir: Path) -> dict:
     ours_rate = report["timings"]["train_examples_per_second"]
     return {"train_examples": len(train[1]), "epochs": config.finetune_epochs, "test_examples": len(test[1]),
             "naive_examples_per_s": round(naive_rate, 1), "ours_examples_per_s": ours_rate,
-            "naive_test_accuracy": round(naive["accuracy"], 4), "ours_test_accuracy": round(report["test"]["accuracy"], 4),
+            "naive_test_accuracy": round(naive["accuracy"], 4),
+            "ours_test_accuracy": round(report["test"]["accuracy"], 4),
             "ours_precision": report["config"]["precision"],
             "ratio_ours_over_naive": round(ours_rate / naive_rate, 3)}
 

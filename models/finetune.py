@@ -73,7 +73,7 @@ class FinetuneConfig:
                               fix="e.g. --set layer_decay=0.9, or 1.0 for one learning rate")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ConfigError(f"config key 'ema_momentum' must be null or in (0, 1), got {self.ema_momentum}",
-                              fix="e.g. --set ema_momentum=0.99 (about the last 100 steps), or null for the raw weights")
+                              fix="e.g. --set ema_momentum=0.99 (about the last 100 steps); null: the raw weights")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"config key 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if not 8 <= self.max_length <= 512:
@@ -288,8 +288,8 @@ def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: 
 class LayerwiseAdamW(tf.keras.optimizers.AdamW):
     """AdamW with layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): encoder layer k of L
     steps `decay ** (L + 1 - k)` as far as the head, the embeddings (k = 0) least. Keras optimizers hold one
-    learning rate, so each variable's update is scaled after it is made: v ← v₀ + s·(v₁ − v₀), which is Adam's
-    step at rate s·lr. The decoupled weight decay, applied before the update, keeps the global rate."""
+    learning rate, so each variable's update is scaled after it is made: v ← v₀ + s·(v₁ − v₀), which is
+    Adam's step at rate s·lr. The decoupled weight decay, applied before the update, keeps the global rate."""
 
     def __init__(self, *, layer_decay: float, num_layers: int, **kwargs):
         super().__init__(**kwargs)
