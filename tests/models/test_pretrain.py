@@ -286,6 +286,8 @@ def test_cli_help_and_print_config():
     assert result.returncode == 0 and "--workers" in result.stdout and "--precision" in result.stdout
     shipped = load_config(PretrainConfig, ROOT / "app" / "configs" / "pretrain-small.yaml")
     assert shipped.max_minutes <= 45 and shipped.model.num_layers == 4 and shipped.model.hidden_size == 256
+    in_domain = load_config(PretrainConfig, ROOT / "app" / "configs" / "pretrain-imdb.yaml")
+    assert in_domain.max_minutes <= 45 and in_domain.transfer.task == "mr-polarity"
 
 
 def test_transfer_check_fine_tunes_pretrained_and_random_init(exact_reference, tmp_path):
