@@ -185,7 +185,7 @@ def parse_imdb(raw: bytes) -> tuple[list[dict], list[dict]]:
     if header is None or [h.strip() for h in header[:3]] != ["text", "label", "source"]:
         raise ValueError(f"expected a header 'text,label,source', got {header!r}")
     kept, dropped = [], []
-    for line_no, row in enumerate(reader, start=2):
+    for row in reader:
         rid = f"imdb-{len(kept) + len(dropped)}"
         if len(row) < 3:
             dropped.append({"id": rid, "reason": "malformed row (fewer than 3 columns)"})
