@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 from app.errors import DataError
 
 MANIFEST = "manifest.json"
+DATASET_FORMAT = "moatkit-dataset/1"
 REPORT = "report.json"
 OPTIONAL_FIELDS = ("text_pair", "label", "score", "source", "meta")
 
@@ -82,7 +83,7 @@ def write_metadata(out_dir: str | Path, *, shards: list[dict], total: int, field
     reasons = collections.Counter(d["reason"] for d in dropped)
     manifest = {
         "name": name,
-        "format": "moatkit-dataset/1",
+        "format": DATASET_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "schema": sorted(fields),
         "counts": {"records": total, "dropped": len(dropped), "by_label": dict(sorted(label_counts.items()))},

@@ -8,8 +8,8 @@ import json
 def add_source_arguments(parser) -> None:
     """--source/--out/--profile shortcuts shared by `moat data prepare` and the Beam runner's `prepare`."""
     parser.add_argument("--source", dest="sources", action="append", default=[], metavar="URI",
-                        help="a file, folder or glob, catalog:NAME or hf:NAME (repeatable; replaces the config's "
-                             "sources)")
+                        help="a file, folder, glob or dataset dir, catalog:NAME or hf:NAME (repeatable; replaces "
+                             "the config's sources)")
     parser.add_argument("--out", help="output dataset dir (same as --set out=DIR)")
     parser.add_argument("--profile", choices=["short-text", "prose", "none"],
                         help="cleaning profile for all sources (same as --set clean.profile=P)")

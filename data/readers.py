@@ -66,11 +66,13 @@ def source_files(source: SourceConfig) -> list[Path]:
     """The files of a local source in reading order (sorted), or a DataError when there are none."""
     uri = source.uri
     path = Path(uri).expanduser()
-    if path.is_dir() and (path / "manifest.json").is_file():  # a moatkit dataset dir: its shards, not its logs
-        from data.dataset import read_manifest
-        files = [path / shard["file"] for shard in read_manifest(path)["shards"]]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if path.is_dir():
+        from data.dataset import DATASET_FORMAT, MANIFEST, read_manifest
+        manifest = read_manifest(path) if (path / MANIFEST).is_file() else {}
+        if manifest.get("format") == DATASET_FORMAT:  # a moatkit dataset dir: its shards, not its report or logs
+            files = [path / shard["file"] for shard in manifest["shards"]]
+        else:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     elif any(ch in uri for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(uri), recursive=True) if Path(p).is_file())
     elif path.exists():
