@@ -1,5 +1,10 @@
 from setuptools import find_packages, setup
 
+# The top-level folders install as one namespace, `moatkit.app`, `moatkit.data`, …, so nothing named `data` or
+# `models` lands in site-packages (`moatkit` itself is a namespace package: it has no folder of its own).
+LAYERS = ("app", "data", "models", "serving")
+PACKAGES = [f"moatkit.{p}" for p in find_packages(include=[f"{layer}{tail}" for layer in LAYERS for tail in ("", ".*")])]
+
 setup(
     name="moatkit",
     version="0.1.0",
@@ -7,8 +12,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["app", "app.*", "data", "data.*", "models", "models.*", "serving", "serving.*"]),
-    package_data={"app": ["configs/*.yaml"]},
+    packages=PACKAGES,
+    package_dir={f"moatkit.{layer}": layer for layer in LAYERS},
+    package_data={"moatkit.app": ["configs/*.yaml"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
@@ -44,5 +50,5 @@ setup(
         "hf": ["datasets>=2.19"],  # `moat data prepare --source hf:NAME` (needs the Hugging Face hub)
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
-    entry_points={"console_scripts": ["moat=app.cli:main", "moat-model-server=serving.server:main"]},
+    entry_points={"console_scripts": ["moat=moatkit.app.cli:main", "moat-model-server=moatkit.serving.server:main"]},
 )

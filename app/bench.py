@@ -20,8 +20,8 @@ import os
 import time
 from pathlib import Path
 
-from app.errors import ConfigError
-from models.finetune import resolve_model_dir
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.finetune import resolve_model_dir
 
 
 BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress")
@@ -81,9 +81,9 @@ def bench_tokenize(config: BenchConfig) -> dict:
     import tensorflow as tf
     from transformers import BertTokenizerFast
 
-    from data.dataset import read_records
-    from data.fetch import fetch
-    from serving.text_tokenizer import InGraphBertTokenizer
+    from moatkit.data.dataset import read_records
+    from moatkit.data.fetch import fetch
+    from moatkit.data.text_tokenizer import InGraphBertTokenizer
 
     model_dir = resolve_model_dir(config.model)
     texts = [r["text"] for r in read_records(fetch(config.data))]
@@ -110,8 +110,8 @@ def bench_serve(config: BenchConfig) -> dict | None:
     import numpy as np
     import tensorflow as tf
 
-    from serving import client, loadgen
-    from serving.process import ServerProcess
+    from moatkit.serving import client, loadgen
+    from moatkit.serving.process import ServerProcess
 
     base = Path(config.model_base_path)
     versions = sorted((int(p.name), p) for p in base.glob("*") if p.name.isdigit() and p.is_dir())
@@ -209,7 +209,6 @@ def serving_table(s: dict) -> str:
 def _naive_recipe(model_dir: str, train: tuple[list[str], list[int]], test: tuple[list[str], list[int]], *,
                   labels: int, batch_size: int, max_length: int, epochs: int, seed: int) -> dict:
     """The textbook recipe: every sentence padded to max_length, Adam with linear decay, `model.fit` on arrays."""
-    from app import env as _env  # noqa: F401  (a fresh process: tf_keras before TensorFlow)
     import numpy as np
     import tensorflow as tf
     from transformers import BertTokenizerFast, TFBertForSequenceClassification
@@ -246,8 +245,8 @@ def _in_fresh_process(fn, *args, **kwargs):
 def bench_finetune(config: BenchConfig, work_dir: Path) -> dict:
     """Both recipes on the same sampled train sentences and test split, one after the other, each in a fresh
     process."""
-    from models.finetune import FinetuneConfig, finetune, load_task_data
-    from models.tasks import get_task
+    from moatkit.models.finetune import FinetuneConfig, finetune, load_task_data
+    from moatkit.models.tasks import get_task
 
     ours_config = FinetuneConfig(model=config.model, run_dir=str(work_dir / "ours"), epochs=config.finetune_epochs,
                                  max_length=config.max_length, batch_size=config.batch_size,
@@ -281,18 +280,18 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
         with tempfile.TemporaryDirectory(prefix="moat-bench-") as tmp:
             results["finetune"] = bench_finetune(config, Path(tmp))
     if "data" in config.benchmarks:
-        from data.bench import bench_clean_dedup
+        from moatkit.data.bench import bench_clean_dedup
         results["data"] = bench_clean_dedup(max_records=config.data_max_records)
     if "transformer" in config.benchmarks:
-        from models.seq2seq_bench import bench_transformer
+        from moatkit.models.seq2seq_bench import bench_transformer
         results["transformer"] = bench_transformer()
     results["pretrain"] = None  # BERT pretraining step: ours vs HF TFBertForPreTraining, MFU (models/bert_bench.py)
     if "pretrain" in config.benchmarks:
-        from models.bert_bench import run_pretrain_bench
+        from moatkit.models.bert_bench import run_pretrain_bench
         results["pretrain"] = run_pretrain_bench()
     results["compress"] = None  # the MR compression report of runs/sentiment/model (models/compress/report.py)
     if "compress" in config.benchmarks:
-        from models.compress.report import bench_compress
+        from moatkit.app.compress_report import bench_compress
         results["compress"] = bench_compress(out_dir=str(Path(config.out_dir) / "compress"), log=log)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)

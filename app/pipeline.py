@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from app.errors import ConfigError, MoatError
-from models.finetune import FinetuneConfig
-from serving.export import ExportConfig
+from moatkit.data.core.errors import ConfigError, MoatError
+from moatkit.models.finetune import FinetuneConfig
+from moatkit.models.export import ExportConfig
 
 DEMO_SENTENCES = ("a wonderful, moving film", "a dull, lifeless and badly acted mess",
                   "the plot is thin but the performances carry it")
@@ -44,11 +44,11 @@ def percentile(values: list[float], q: float) -> float:
 def run_demo(config: DemoConfig, *, log=print) -> dict:
     import numpy as np
 
-    from models.finetune import finetune
-    from models.metrics import softmax
-    from serving import client
-    from serving.export import export_text_model, load_text_model
-    from serving.process import ServerProcess
+    from moatkit.models.finetune import finetune
+    from moatkit.models.metrics import softmax
+    from moatkit.serving import client
+    from moatkit.models.export import export_text_model, load_text_model
+    from moatkit.serving.process import ServerProcess
 
     started = time.time()
     log(f"[1/4] fine-tuning {config.finetune.model} on {config.finetune.task} (data and weights are fetched and "

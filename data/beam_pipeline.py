@@ -15,7 +15,7 @@ kept records ranked in input order (per-block counts, so no worker holds the cor
 manifest.json, report.json and card.md. Input and output dirs must be on a filesystem the workers share.
 
 Beam pins protobuf < 7 and TensorFlow here needs 7, so this runs in its own venv (`make beam-venv`):
-`.venv-beam/bin/python -m data.beam_pipeline prepare --config PREPARE.yaml [--set k=v] [Beam options]` or
+`.venv-beam/bin/python -m moatkit.data.beam_pipeline prepare --config PREPARE.yaml [--set k=v] [Beam options]` or
 `... dedup DATA --out OUT [--set k=v] [Beam options]`. Nothing on this path imports TensorFlow.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data import dedup as dd
-from data.dataset import encode_shard
-from data.prepare_args import add_source_arguments, source_overrides
+from moatkit.data import dedup as dd
+from moatkit.data.dataset import encode_shard
+from moatkit.data.prepare_args import add_source_arguments, source_shortcuts
 
 _BLOCK = 10_000  # records per ranking block: the unit whose size bounds one worker's memory when ranking
 
@@ -179,8 +179,8 @@ class _KeptSummary(beam.CombineFn):
                 "histogram": {}, "by_source": {}, "by_input": collections.Counter()}
 
     def add_input(self, acc, item):
-        from data.card import length_histogram
-        from data.dataset import OPTIONAL_FIELDS
+        from moatkit.data.card import length_histogram
+        from moatkit.data.dataset import OPTIONAL_FIELDS
         pos, record = item
         meta = record.get("meta") or {}
         acc["total"] += 1
@@ -275,7 +275,7 @@ def _read_shard(indexed_shard, data_dir: str):
 
 def run_dedup(data_dir, out_dir, config: dd.DedupConfig, *, pipeline_args: list[str] | None = None) -> dict:
     """The Beam twin of `data.dedup.dedup_dataset` (minus the planted-edit eval): same shards, same accounting."""
-    from data.dataset import read_manifest, write_metadata
+    from moatkit.data.dataset import read_manifest, write_metadata
 
     config.validate()
     manifest = read_manifest(data_dir)
@@ -311,7 +311,7 @@ def run_dedup(data_dir, out_dir, config: dd.DedupConfig, *, pipeline_args: list[
 
 def _read(indexed_source, on_error: str):
     """One source, read in order (its ids count across its files): ((source index, n), (record, drop))."""
-    from data.readers import read_source
+    from moatkit.data.readers import read_source
     index, source = indexed_source
     for n, item in enumerate(read_source(source, on_error=on_error)):
         yield (index, n), item
@@ -319,7 +319,7 @@ def _read(indexed_source, on_error: str):
 
 def _clean(item, inputs: list):
     """data.prepare's per-input step: kept (pos, record), or a tagged drop row / skipped empty source."""
-    from data.prepare import _process
+    from moatkit.data.prepare import _process
     pos, read = item
     name, clean, uri = inputs[pos[0]]
     status, value = _process(read, clean, name)
@@ -332,7 +332,7 @@ def _clean(item, inputs: list):
 
 
 def _dedup_row(item):
-    from data.prepare import SNIPPET
+    from moatkit.data.prepare import SNIPPET
     pos, record, reason = item
     return (1, *pos), pos[0], {"id": record["id"], "reason": reason, "stage": "dedup",
                                "source": record.get("source"), "duplicate_of": record["meta"]["duplicate_of"],
@@ -372,11 +372,11 @@ def run_prepare(config, *, pipeline_args: list[str] | None = None) -> Path:
     """The Beam twin of `data.prepare.prepare`: the same dataset dir (shards byte for byte, manifest, report
     accounting, card), or the existing one unchanged when its cache key matches. No chunk checkpoints: an
     interrupted Beam job is retried by its runner."""
-    from app.errors import DataError
-    from data import prepare as local
-    from data.card import build_card, write_card_summary
-    from data.dataset import MANIFEST, REPORT, write_metadata
-    from data.readers import fingerprint, source_name
+    from moatkit.data.core.errors import DataError
+    from moatkit.data import prepare as local
+    from moatkit.data.card import build_card, write_card_summary
+    from moatkit.data.dataset import MANIFEST, REPORT, write_metadata
+    from moatkit.data.readers import fingerprint, source_name
 
     config.validate()
     started = time.perf_counter()
@@ -471,25 +471,25 @@ def run_prepare(config, *, pipeline_args: list[str] | None = None) -> Path:
 
 def _innermost(err):
     """Beam re-raises a worker's error as a copy without its `fix`; the original is the copy's context."""
-    from app.errors import MoatError
+    from moatkit.data.core.errors import MoatError
     while isinstance(err.__context__, MoatError):
         err = err.__context__
     return err
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.config import load_config
-    from app.errors import MoatError
+    from moatkit.data.core.config import load_config
+    from moatkit.data.core.errors import MoatError
 
     parser = argparse.ArgumentParser(
-        prog="python -m data.beam_pipeline", description=__doc__.splitlines()[0],
+        prog="python -m moatkit.data.beam_pipeline", description=__doc__.splitlines()[0],
         epilog="Unknown flags go to Beam's PipelineOptions, e.g. --runner DirectRunner --direct_num_workers 2 "
                "--direct_running_mode multi_processing, or --runner FlinkRunner --flink_master HOST:8081.")
     verbs = parser.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser(
         "prepare", help="sources -> clean -> dedup -> dataset dir (like `moat data prepare`, same output)",
         description="The same PrepareConfig as `moat data prepare` (YAML with sources:, clean:, dedup:, out:), "
-                    "the same shards, manifest, report.json and card.md. Example: python -m data.beam_pipeline "
+                    "the same shards, manifest, report.json and card.md. Example: python -m moatkit.data.beam_pipeline "
                     "prepare --source catalog:mr --source catalog:tweets --out data/sentiment --runner DirectRunner")
     add_source_arguments(p)
     p.add_argument("--config", metavar="FILE", help="YAML with PrepareConfig values")
@@ -506,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                                pipeline_args=beam_args)
             print(json.dumps({k: report[k] for k in ("input", "kept", "dropped", "dropped_by_reason")}))
         else:
-            from data.prepare import PrepareConfig
-            config = load_config(PrepareConfig, args.config, source_overrides(args))
+            from moatkit.data.prepare import PrepareConfig
+            config = load_config(PrepareConfig, args.config, [*source_shortcuts(args), *args.overrides])
             out = run_prepare(config, pipeline_args=beam_args)
             report = json.loads((out / "report.json").read_text(encoding="utf-8"))
             print(json.dumps({"out": str(out), **{k: report[k] for k in ("input", "kept", "dropped",

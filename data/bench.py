@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import time
 
-from data.clean import CleanConfig, clean_record
-from data.dedup import DedupConfig, deduplicate
+from moatkit.data.clean import CleanConfig, clean_record
+from moatkit.data.dedup import DedupConfig, deduplicate
 
 # Every text dataset of the catalog (≈32 MB of text together): no single carrier holds 50 MB of text.
 CORPUS = {"python-docs": "prose", "brown": "prose", "bible-en-de": "prose", "movie-dialog": "short-text",
@@ -23,8 +23,8 @@ def bench_clean_dedup(*, corpus: dict[str, str] | None = None, max_records: int 
 
     `corpus` maps catalog names to cleaning profiles; `max_records` caps each source (for a quick run).
     """
-    from data.dataset import read_records
-    from data.fetch import fetch
+    from moatkit.data.dataset import read_records
+    from moatkit.data.fetch import fetch
 
     corpus = corpus or CORPUS
     clean = clean or CleanConfig()

@@ -5,8 +5,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Literal
 
-from app.errors import DataError
-from data import sources
+from moatkit.data.core.errors import DataError
+from moatkit.data import sources
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Literal
 
 import ftfy
 
-from app.errors import ConfigError
-from data.pii import PII_TYPES, redact_pii
+from moatkit.data.core.errors import ConfigError
+from moatkit.data.pii import PII_TYPES, redact_pii
 
 BOILERPLATE_PHRASES = ("lorem ipsum", "enable javascript", "javascript is disabled", "uses cookies",
                        "cookie policy", "accept all cookies", "terms of use", "all rights reserved")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from app.errors import DataError
+from moatkit.data.core.errors import DataError
 
 MANIFEST = "manifest.json"
 DATASET_FORMAT = "moatkit-dataset/1"

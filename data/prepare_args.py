@@ -15,9 +15,9 @@ def add_source_arguments(parser) -> None:
                         help="cleaning profile for all sources (same as --set clean.profile=P)")
 
 
-def source_overrides(args) -> list[str]:
-    """The shortcuts as `--set` overrides, placed before the user's own so an explicit --set still wins."""
+def source_shortcuts(args) -> list[str]:
+    """The shortcuts as `--set` overrides; callers place them before the user's own so an explicit --set wins."""
     shortcuts = [f"sources={json.dumps([{'uri': uri} for uri in args.sources])}"] if args.sources else []
     shortcuts += [f"out={args.out}"] if args.out else []
     shortcuts += [f"clean.profile={args.profile}"] if args.profile else []
-    return [*shortcuts, *args.overrides]
+    return shortcuts

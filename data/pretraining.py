@@ -12,7 +12,6 @@ Labels: next_sentence_labels is 1 when segment B is a random sentence (NSP) or w
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import collections
 import dataclasses
@@ -26,9 +25,9 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from app.errors import ConfigError, DataError
-from data.dataset import field_value, iter_records, read_manifest, sha256_file
-from data.tokenizer import load_tokenizer, record_texts
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import field_value, iter_records, read_manifest, sha256_file
+from moatkit.data.tokenizer import load_tokenizer, record_texts
 
 FORMAT = "moatkit-pretraining/1"
 MANIFEST = "manifest.json"

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Literal
 
-from app.errors import DataError
+from moatkit.data.core.errors import DataError
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "html")
 _SUFFIX_FORMAT = {".txt": "txt", ".text": "txt", ".md": "txt", ".rst": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -49,7 +49,7 @@ class SourceConfig:
 
     def validate(self) -> None:
         if not self.uri:
-            from app.errors import ConfigError
+            from moatkit.data.core.errors import ConfigError
             raise ConfigError("a source needs a uri", fix="e.g. uri: catalog:mr, uri: data/*.jsonl or uri: hf:imdb")
 
 
@@ -67,7 +67,7 @@ def source_files(source: SourceConfig) -> list[Path]:
     uri = source.uri
     path = Path(uri).expanduser()
     if path.is_dir():
-        from data.dataset import DATASET_FORMAT, MANIFEST, read_manifest
+        from moatkit.data.dataset import DATASET_FORMAT, MANIFEST, read_manifest
         manifest = read_manifest(path) if (path / MANIFEST).is_file() else {}
         if manifest.get("format") == DATASET_FORMAT:  # a moatkit dataset dir: its shards, not its report or logs
             files = [path / shard["file"] for shard in manifest["shards"]]
@@ -100,14 +100,14 @@ def file_format(path: Path, declared: str = "auto") -> str:
 def fingerprint(source: SourceConfig) -> dict:
     """What the prepare cache is keyed by: sha256 of every input file (or of the catalog entry's shards)."""
     if source.uri.startswith("catalog:"):
-        from data.dataset import read_manifest
-        from data.fetch import fetch
+        from moatkit.data.dataset import read_manifest
+        from moatkit.data.fetch import fetch
         manifest = read_manifest(fetch(source.uri.split(":", 1)[1], kind="dataset"))
         return {"catalog": manifest["provenance"], "shards": [s["sha256"] for s in manifest["shards"]]}
     if source.uri.startswith("hf:"):
         return {"hf": source.uri, "config": source.hf_config, "split": source.split,
                 "fingerprint": getattr(_load_hf(source), "_fingerprint", None)}
-    from data.dataset import sha256_file
+    from moatkit.data.dataset import sha256_file
     files = []
     for path in source_files(source):
         try:
@@ -166,8 +166,8 @@ class _Counter:
 
 
 def _read_catalog(source: SourceConfig, name: str):
-    from data.dataset import REPORT, iter_records
-    from data.fetch import fetch
+    from moatkit.data.dataset import REPORT, iter_records
+    from moatkit.data.fetch import fetch
     out = fetch(source.uri.split(":", 1)[1], kind="dataset")
     try:
         upstream = json.loads((out / REPORT).read_text(encoding="utf-8")).get("dropped_records", [])

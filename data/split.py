@@ -9,8 +9,8 @@ import random
 import unicodedata
 from pathlib import Path
 
-from app.errors import ConfigError, DataError
-from data.dataset import field_value, read_manifest, read_records, write_dataset
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import field_value, read_manifest, read_records, write_dataset
 
 SPLITS = ("train", "dev", "test")
 
@@ -103,7 +103,7 @@ def split_dataset(data_dir: str | Path, out_dir: str | Path, config: SplitConfig
 
 def ensure_splits(data: str, config: SplitConfig) -> Path:
     """Resolves `data` (a split dir, a dataset dir or a catalog name) to a dir holding train/dev/test."""
-    from data.fetch import fetch, moat_home
+    from moatkit.data.fetch import fetch, moat_home
 
     path = Path(data)
     if all((path / name / "manifest.json").is_file() for name in SPLITS):

@@ -8,7 +8,6 @@ slots), then the learned pieces. The same vocab.txt drives the in-graph tokenize
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import dataclasses
 import itertools
@@ -17,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from app.errors import ConfigError, DataError, ModelError
-from data.dataset import iter_records, read_manifest
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.dataset import iter_records, read_manifest
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 HF_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -147,7 +146,7 @@ def in_graph_parity(tokenizer_dir: str | Path, texts: list[str], *, max_length: 
     """Exact-match rate of input ids between BertTokenizerFast and the export graph's FastBertTokenizer."""
     import tensorflow as tf
 
-    from serving.text_tokenizer import InGraphBertTokenizer
+    from moatkit.data.text_tokenizer import InGraphBertTokenizer
 
     hf = load_tokenizer(tokenizer_dir)
     vocab = (Path(tokenizer_dir) / "vocab.txt").read_text(encoding="utf-8").splitlines()

@@ -12,7 +12,6 @@ Shapes: B batch, T sequence, P masked positions, H hidden, V vocabulary.
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import dataclasses
 import json
@@ -23,9 +22,9 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, ModelError
-from models.layers.feed_forward import get_activation
-from models.transformer import Encoder, bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.layers.feed_forward import get_activation
+from moatkit.models.transformer import Encoder, bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights
 
 SENTENCE_HEADS = ("nsp", "sop", "none")
 WEIGHT_FILES = ("model.safetensors", "tf_model.h5")

@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError
-from models.bert import BertConfig, BertPretrainer, pretraining_losses
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.bert import BertConfig, BertPretrainer, pretraining_losses
 
 
 def model_flops_per_token(config: BertConfig, *, body_params: int, seq_length: int, max_predictions: int) -> float:

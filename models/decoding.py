@@ -12,7 +12,6 @@ Outputs are (B, max_length) int32 token ids after BOS, EOS included, padded with
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 

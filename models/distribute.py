@@ -4,11 +4,10 @@ from __future__ import annotations
 import os
 from typing import Literal, get_args
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 
-from app.errors import ConfigError
+from moatkit.data.core.errors import ConfigError
 
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 StrategyName = Literal["auto", "default", "mirrored", "multi_worker", "tpu"]

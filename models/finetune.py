@@ -17,18 +17,17 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, DataError, ModelError
-from data.dataset import field_value, read_records
-from data.split import SplitConfig, ensure_splits
-from models import metrics as metrics_lib
-from models.distribute import Precision, pick_strategy, set_precision, split_cpu
-from models.schedules import WarmupLinearDecay
-from models.tasks import Task, extract, get_task
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.dataset import field_value, read_records
+from moatkit.data.split import SplitConfig, ensure_splits
+from moatkit.models import metrics as metrics_lib
+from moatkit.models.distribute import Precision, pick_strategy, set_precision, split_cpu
+from moatkit.models.schedules import WarmupLinearDecay
+from moatkit.models.tasks import Task, extract, get_task
 
 
 @dataclasses.dataclass
@@ -92,8 +91,8 @@ def resolve_model_dir(model: str) -> Path:
     if path.exists() or "/" in model:
         raise ModelError(f"'{model}' is not an HF model dir (no config.json)",
                          fix="pass a catalog name (e.g. minilm-l6) or a dir written by save_pretrained")
-    from data.fetch import fetch
-    return fetch(model, kind="model")
+    from moatkit.models.checkpoints import fetch_model
+    return fetch_model(model)
 
 
 # === Inputs ===

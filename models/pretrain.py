@@ -16,7 +16,6 @@ Run dir: train/ (TensorBoard), checkpoints/ (+ state.json), report.json, pretrai
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import dataclasses
 import hashlib
@@ -34,12 +33,12 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, DataError, ModelError
-from data.pretraining import pretraining_dataset, read_examples_manifest, read_vocab
-from models.bert import BertConfig, BertPretrainer, load_hf_pretrained, pretraining_losses, save_hf_pretrained
-from models.distribute import Precision, pick_strategy, set_precision, split_cpu
-from models.tasks import get_task
-from models.transfer import TransferConfig, add_transfer_to_report
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.pretraining import pretraining_dataset, read_examples_manifest, read_vocab
+from moatkit.models.bert import BertConfig, BertPretrainer, load_hf_pretrained, pretraining_losses, save_hf_pretrained
+from moatkit.models.distribute import Precision, pick_strategy, set_precision, split_cpu
+from moatkit.models.tasks import get_task
+from moatkit.models.transfer import TransferConfig, add_transfer_to_report
 
 # substrings of variable names that AdamW does not decay (BERT: LayerNorm parameters and biases)
 NO_DECAY = ["bias", "norm", "LayerNorm", "layer_norm"]
@@ -654,7 +653,7 @@ def launch_local_workers(argv: list[str], *, workers: int, run_dir: str) -> int:
     for index in range(workers):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
                                                       "task": {"type": "worker", "index": index}})}
-        command = [sys.executable, "-m", "app.cli", "pretrain", *argv, "--set", "strategy=multi_worker"]
+        command = [sys.executable, "-m", "moatkit.app.cli", "pretrain", *argv, "--set", "strategy=multi_worker"]
         if index == 0:
             processes.append(subprocess.Popen(command, env=env))
         else:

@@ -1,5 +1,4 @@
 """Learning-rate schedules."""
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 

@@ -10,13 +10,12 @@ import contextlib
 import dataclasses
 import time
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 
-from models.decoding import beam_search, greedy_decode
-from models.layers import decoder_layer, encoder_layer
-from models.transformer import Transformer, TransformerConfig
+from moatkit.models.decoding import beam_search, greedy_decode
+from moatkit.models.layers import decoder_layer, encoder_layer
+from moatkit.models.transformer import Transformer, TransformerConfig
 
 
 class KerasAttention(tf.keras.layers.Layer):

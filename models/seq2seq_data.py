@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from app.errors import DataError
+from moatkit.data.core.errors import DataError
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
@@ -23,10 +22,10 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 def load_pairs(data: str, *, source_lang: str) -> list[dict]:
     """Dataset dir (or catalog name) with text/text_pair and meta.text_lang/pair_lang
     → [{id, source, target, book, chapter}]."""
-    from data.dataset import read_records
+    from moatkit.data.dataset import read_records
     path = Path(data)
     if not (path / "manifest.json").is_file():
-        from data.fetch import fetch
+        from moatkit.data.fetch import fetch
         path = fetch(data, kind="dataset")
     pairs = []
     for record in read_records(path):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 
-from app.errors import ConfigError
-from models.decoding import beam_search, greedy_decode
-from models.seq2seq_data import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
-from models.seq2seq_train import load_model_dir
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.decoding import beam_search, greedy_decode
+from moatkit.models.seq2seq_data import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
+from moatkit.models.seq2seq_train import load_model_dir
 
 WARMUP_SENTENCES = ("Im Anfang schuf Gott Himmel und Erde.", "Und Gott sprach: Es werde Licht!")
 
@@ -72,7 +71,7 @@ def build_translator(config: Seq2SeqExportConfig) -> Translator:
 
 def export_translator(config: Seq2SeqExportConfig) -> dict:
     """Writes `<repo>/<name>/<version>/` atomically (temp dir, then rename) with warm-up requests."""
-    from serving.export import write_version, write_warmup
+    from moatkit.models.export import write_version, write_warmup
 
     translator = build_translator(config)
 

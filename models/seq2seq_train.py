@@ -16,16 +16,15 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, ModelError
-from models.decoding import beam_search, greedy_decode
-from models.seq2seq_data import (BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, encode, load_pairs, make_dataset,
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.decoding import beam_search, greedy_decode
+from moatkit.models.seq2seq_data import (BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, encode, load_pairs, make_dataset,
                                  split_pairs, train_vocab)
-from models.transformer import Transformer, TransformerConfig
+from moatkit.models.transformer import Transformer, TransformerConfig
 
 
 @dataclasses.dataclass

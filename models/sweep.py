@@ -6,9 +6,9 @@ import itertools
 import json
 from pathlib import Path
 
-from app.config import from_dict
-from app.errors import ConfigError
-from models.finetune import FinetuneConfig, finetune
+from moatkit.data.core.config import from_dict
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.finetune import FinetuneConfig, finetune
 
 HPARAM_KEYS = ("task", "learning_rate", "epochs", "batch_size", "max_length", "precision", "replicas")
 

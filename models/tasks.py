@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from app.errors import ConfigError, DataError
-from data.dataset import field_value
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import field_value
 
 Kind = Literal["classification", "regression"]
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from app.errors import ConfigError
+from moatkit.data.core.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ def transfer_check(pretrained_dir: str | Path, run_dir: str | Path, config: Tran
                    verbose: int = 1) -> dict:
     """Two `moat finetune` runs, `<run_dir>/pretrained` and `<run_dir>/random`; returns their test metrics and
     `delta` = pretrained − random for the task's score (accuracy for classification, Pearson for regression)."""
-    from models.finetune import FinetuneConfig, finetune
+    from moatkit.models.finetune import FinetuneConfig, finetune
 
     if not config.task:
         raise ConfigError("transfer.task is not set", fix="e.g. --set transfer.task=mr-polarity")

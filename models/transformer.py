@@ -10,14 +10,13 @@ import dataclasses
 import math
 from typing import Literal
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, ModelError
-from models.layers.attention import clone_initializer
-from models.layers import DecoderLayer, EncoderLayer, LearnedPositionEmbedding, SinusoidalPositionEmbedding
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.layers.attention import clone_initializer
+from moatkit.models.layers import DecoderLayer, EncoderLayer, LearnedPositionEmbedding, SinusoidalPositionEmbedding
 
 
 @dataclasses.dataclass

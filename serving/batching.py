@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from app.errors import ConfigError
-from serving.tensors import UNAVAILABLE, ServingError, invalid
+from moatkit.serving.errors import ServingConfigError
+from moatkit.serving.tensors import UNAVAILABLE, ServingError, invalid
 
 log = logging.getLogger("moat.serving")
 
@@ -88,7 +88,7 @@ def parse_batching_parameters(text: str, *, source: str = "batching parameters")
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as err:
-        raise ConfigError(f"{source}: not a text-format BatchingParameters: {err}",
+        raise ServingConfigError(f"{source}: not a text-format BatchingParameters: {err}",
                           fix="e.g. max_batch_size { value: 32 } batch_timeout_micros { value: 1000 }") from None
 
     def get(name, default):
@@ -105,15 +105,15 @@ def parse_batching_parameters(text: str, *, source: str = "batching parameters")
         log.warning("%s: enable_large_batch_splitting is accepted but has no effect here", source)
     for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
         if getattr(params, name) <= 0:
-            raise ConfigError(f"{source}: {name} must be positive, got {getattr(params, name)}")
+            raise ServingConfigError(f"{source}: {name} must be positive, got {getattr(params, name)}")
     if params.batch_timeout_micros < 0:
-        raise ConfigError(f"{source}: batch_timeout_micros must be non-negative")
+        raise ServingConfigError(f"{source}: batch_timeout_micros must be non-negative")
     sizes = params.allowed_batch_sizes
     if sizes:  # batching_session.cc ValidateAllowedBatchSizes
         if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0:
-            raise ConfigError(f"{source}: allowed_batch_sizes entries must be monotonically increasing")
+            raise ServingConfigError(f"{source}: allowed_batch_sizes entries must be monotonically increasing")
         if sizes[-1] != params.max_batch_size:
-            raise ConfigError(f"{source}: final entry in allowed_batch_sizes must equal max_batch_size when "
+            raise ServingConfigError(f"{source}: final entry in allowed_batch_sizes must equal max_batch_size when "
                               "enable_large_batch_splitting is False")
     return params
 
@@ -125,7 +125,7 @@ def load_batching_parameters(path: str) -> BatchingParameters:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except OSError as err:
-        raise ConfigError(f"--batching_parameters_file={path}: {err.strerror}",
+        raise ServingConfigError(f"--batching_parameters_file={path}: {err.strerror}",
                           fix="pass a text-format BatchingParameters file") from None
     return parse_batching_parameters(text, source=path)
 

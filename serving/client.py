@@ -5,7 +5,6 @@ and the real tensorflow_model_server alike, and double as examples of unmodified
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import json
 import time

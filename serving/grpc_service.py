@@ -5,7 +5,6 @@ clients use talk to this server. Errors carry TF Serving's status codes and mess
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import concurrent.futures
 import logging
@@ -18,10 +17,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from serving import tensors
-from serving.model_manager import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, ModelManager,
-                                   _input_examples)
-from serving.tensors import ServingError, invalid
+from moatkit.serving import tensors
+from moatkit.serving.model_manager import ModelManager
+from moatkit.serving.servable import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, input_examples
+from moatkit.serving.tensors import ServingError, invalid
 
 log = logging.getLogger("moat.serving")
 
@@ -110,7 +109,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):  # noqa: N802
         servable = _servable(self.manager, request.model_spec)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        examples = [e.SerializeToString() for e in input_examples(request.input)]
         response = classification_pb2.ClassificationResponse()
         _fill_spec(response.model_spec, servable, signature)
         for row in servable.classify(examples, signature_name=signature):
@@ -125,7 +124,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Regress(self, request, context):  # noqa: N802
         servable = _servable(self.manager, request.model_spec)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        examples = [e.SerializeToString() for e in input_examples(request.input)]
         response = regression_pb2.RegressionResponse()
         _fill_spec(response.model_spec, servable, signature)
         for value in servable.regress(examples, signature_name=signature):
@@ -141,7 +140,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         names = {task.model_spec.name for task in request.tasks}
         if len(names) != 1:
             raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-        examples = [e.SerializeToString() for e in _input_examples(request.input)]
+        examples = [e.SerializeToString() for e in input_examples(request.input)]
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
             servable = _servable(self.manager, task.model_spec)
@@ -184,7 +183,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        from serving.model_manager import configs_from_text
+        from moatkit.serving.model_manager import configs_from_text
         from google.protobuf import text_format
 
         response = model_management_pb2.ReloadConfigResponse()

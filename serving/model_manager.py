@@ -12,32 +12,22 @@ The file system is polled every `poll_wait_seconds` in a background thread (0 = 
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
-
 import logging
 import os
-import re
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 
-from app.errors import ConfigError
-from serving.names import is_safe_model_name
-from serving.tensors import (FAILED_PRECONDITION, NOT_FOUND, OK, UNKNOWN, ServingError,
-                             coerce, from_tensor_proto, invalid)
+from moatkit.serving.errors import ServingConfigError
+from moatkit.serving.names import is_safe_model_name
+from moatkit.serving.servable import TFLITE_FILE, Servable, input_examples, status_code
+from moatkit.serving.tensors import NOT_FOUND, OK, ServingError, from_tensor_proto, invalid
 
 log = logging.getLogger("moat.serving")
 
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
@@ -66,7 +56,6 @@ class ModelConfig:
         return set(sorted(on_disk)[-max(self.num_versions, 1):])
 
 
-TFLITE_FILE = "model.tflite"  # served instead of the SavedModel with --prefer_tflite_model
 
 
 def configs_from_text(text: str, *, source: str = "model config") -> list[ModelConfig]:
@@ -78,24 +67,24 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
         text_format.Parse(text, proto)
     except text_format.ParseError as err:
         # the phrase is tensorflow_model_server's, so scripts that grep its log work with both servers
-        raise ConfigError(f"{source}: Error parsing text-format tensorflow.serving.ModelServerConfig: {err}",
+        raise ServingConfigError(f"{source}: Error parsing text-format tensorflow.serving.ModelServerConfig: {err}",
                           fix="see tensorflow_serving/config/model_server_config.proto") from None
     if proto.WhichOneof("config") == "custom_model_config":
-        raise ConfigError(f"{source}: custom_model_config is not supported", fix="use model_config_list")
+        raise ServingConfigError(f"{source}: custom_model_config is not supported", fix="use model_config_list")
     configs = []
     for model in proto.model_config_list.config:
         if model.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"{source}: model {model.name!r} has platform {model.model_platform!r}",
+            raise ServingConfigError(f"{source}: model {model.name!r} has platform {model.model_platform!r}",
                               fix="only model_platform: \"tensorflow\" is served")
         if not model.name or not model.base_path:
-            raise ConfigError(f"{source}: every config needs name and base_path")
+            raise ServingConfigError(f"{source}: every config needs name and base_path")
         if not is_safe_model_name(model.name):
-            raise ConfigError(f"{source}: model name {model.name!r} may not contain '/', '\\', control "
+            raise ServingConfigError(f"{source}: model name {model.name!r} may not contain '/', '\\', control "
                               "characters, or be '.' or '..'", fix="use a plain name such as \"sentiment\"")
         which = model.model_version_policy.WhichOneof("policy_choice")
         config = ModelConfig(name=model.name, base_path=model.base_path, labels=dict(model.version_labels))
         if model.HasField("logging_config"):
-            from serving.request_logging import settings_from_proto
+            from moatkit.serving.request_logging import settings_from_proto
 
             config.logging = settings_from_proto(model.name, model.logging_config, source=source)
         if which == "all":
@@ -107,7 +96,7 @@ def configs_from_text(text: str, *, source: str = "model config") -> list[ModelC
         configs.append(config)
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: duplicate model names {sorted(names)}")
+        raise ServingConfigError(f"{source}: duplicate model names {sorted(names)}")
     return configs
 
 
@@ -116,164 +105,10 @@ def configs_from_file(path: str) -> list[ModelConfig]:
         with open(path, encoding="utf-8") as handle:
             return configs_from_text(handle.read(), source=path)
     except OSError as err:
-        raise ConfigError(f"--model_config_file={path}: {err.strerror}", fix="pass an existing file") from None
+        raise ServingConfigError(f"--model_config_file={path}: {err.strerror}", fix="pass an existing file") from None
 
 
 # === One loaded version ===
-
-def _read_signature_defs(export_dir: str) -> dict:
-    pb_path = os.path.join(export_dir, "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    if os.path.exists(pb_path):
-        with open(pb_path, "rb") as handle:
-            saved_model.ParseFromString(handle.read())
-    else:
-        with open(os.path.join(export_dir, "saved_model.pbtxt"), encoding="utf-8") as handle:
-            text_format.Parse(handle.read(), saved_model)
-    graphs = [g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags] or list(
-        saved_model.meta_graphs)
-    if not graphs:
-        raise ValueError(f"SavedModel at {export_dir} has no MetaGraphDef")
-    return dict(graphs[0].signature_def)
-
-
-class Servable:
-    """A loaded SavedModel version; thread-safe to call from many request threads."""
-
-    def __init__(self, *, name: str, version: int, path: str, batcher=None):
-        self.name, self.version, self.path = name, version, path
-        self.signature_defs = _read_signature_defs(path)
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
-        self._functions = dict(self._loaded.signatures)
-        self.batcher = batcher  # a serving.batching.BatchScheduler when --enable_batching
-        self.signature_calls: Counter = Counter()  # signature name -> times the function ran
-        self._calls_lock = threading.Lock()
-
-    def signature_def(self, signature_name: str):
-        name = signature_name or DEFAULT_SIGNATURE
-        if name not in self.signature_defs or name not in self._functions:
-            raise ServingError(FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
-        return self.signature_defs[name]
-
-    def input_dtypes(self, signature_name: str) -> dict[str, tf.DType]:
-        sig = self.signature_def(signature_name)
-        return {alias: tf.as_dtype(info.dtype) for alias, info in sorted(sig.inputs.items())}
-
-    def predict(self, inputs: dict[str, np.ndarray], *, signature_name: str = "",
-                output_filter=()) -> dict[str, np.ndarray]:
-        name = signature_name or DEFAULT_SIGNATURE
-        sig = self.signature_def(name)
-        expected, sent = set(sig.inputs), set(inputs)
-        if expected != sent:
-            raise invalid(f"input size does not match signature: {len(sent)}!={len(expected)} "
-                          f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-                          f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-                          f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
-        for alias in output_filter:
-            if alias not in sig.outputs:
-                raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                              f"in the set {{{','.join(sorted(sig.outputs))}}}.")
-        feeds = {}
-        for index, alias in enumerate(sorted(sig.inputs)):
-            array = coerce(inputs[alias], tf.as_dtype(sig.inputs[alias].dtype), arg_index=index)
-            _check_shape(alias, array.shape, sig.inputs[alias].tensor_shape)
-            if self.batcher is not None and array.dtype.kind in "SU":
-                array = array.astype(object)  # bytes and str rows from different requests concatenate
-            feeds[alias] = array
-        if self.batcher is not None:
-            results = self.batcher.submit((self, name), lambda merged: self._run(name, merged), feeds,
-                                          model=self.name)
-        else:
-            results = self._run(name, feeds)
-        wanted = set(output_filter) or set(results)
-        return {alias: value for alias, value in results.items() if alias in wanted}
-
-    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One call of the signature function (a whole batch when batching)."""
-        sig = self.signature_defs[name]
-        with self._calls_lock:
-            self.signature_calls[name] += 1
-        try:
-            tensors = {alias: tf.constant(array, dtype=tf.as_dtype(sig.inputs[alias].dtype))
-                       for alias, array in feeds.items()}
-            results = self._functions[name](**tensors)
-        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as err:
-            raise invalid(_error_text(getattr(err, "message", None) or str(err)) or type(err).__name__) from None
-        except tf.errors.OpError as err:
-            raise ServingError(_code_name(err), _error_text(err.message)) from None
-        return {alias: value.numpy() for alias, value in results.items()}
-
-    # -- classify / regress: signatures whose single string input takes serialized tf.Example protos --
-
-    def _examples_signature(self, signature_name: str, method: str):
-        name = signature_name or DEFAULT_SIGNATURE
-        sig = self.signature_def(name)
-        if sig.method_name != method:
-            kind = "classification" if method == CLASSIFY_METHOD else "regression"
-            raise ServingError(FAILED_PRECONDITION, f"Expected {kind} signature method_name to be {method}. "
-                                                    f"Was: {sig.method_name}")
-        if len(sig.inputs) != 1:
-            raise invalid("Expected one input Tensor.")
-        return name, sig, next(iter(sig.inputs))
-
-    def classify(self, examples: list[bytes], *, signature_name: str = "") -> list[list[tuple[str, float]]]:
-        name, sig, alias = self._examples_signature(signature_name, CLASSIFY_METHOD)
-        out = self.predict({alias: np.array(examples, dtype=object)}, signature_name=name)
-        classes, scores = out.get("classes"), out.get("scores")
-        if classes is None and scores is None:
-            raise invalid("Expected classification signature outputs to contain classes or scores.")
-        batch = len(examples)
-        results = []
-        for row in range(batch):
-            row_classes = [] if classes is None else [c.decode("utf-8", "replace") if isinstance(c, bytes)
-                                                      else str(c) for c in np.reshape(classes[row], -1)]
-            row_scores = [] if scores is None else [float(s) for s in np.reshape(scores[row], -1)]
-            width = max(len(row_classes), len(row_scores))
-            results.append([(row_classes[i] if row_classes else "", row_scores[i] if row_scores else 0.0)
-                            for i in range(width)])
-        return results
-
-    def regress(self, examples: list[bytes], *, signature_name: str = "") -> list[float]:
-        name, sig, alias = self._examples_signature(signature_name, REGRESS_METHOD)
-        out = self.predict({alias: np.array(examples, dtype=object)}, signature_name=name)
-        if "outputs" not in out:
-            raise invalid("No output Tensor named 'outputs' in regression signature.")
-        return [float(v) for v in np.reshape(out["outputs"], -1)]
-
-
-def _check_shape(alias: str, shape: tuple, shape_proto) -> None:
-    """Session-based TF Serving rejects feeds that don't fit the placeholder; restored TF2 functions don't."""
-    if shape_proto.unknown_rank:
-        return
-    expected = [d.size for d in shape_proto.dim]
-    if len(expected) != len(shape) or any(e >= 0 and e != got for e, got in zip(expected, shape)):
-        raise invalid(f"input tensor alias {alias} has shape {list(shape)} which is incompatible with the "
-                      f"signature shape {expected}")
-
-
-def _error_text(message: str) -> str:
-    """The line that says what went wrong in a TF function error (not "Graph execution error:", the
-    "Detected at node" header or the indented node/stack lines), without the trailing [Op:...] tag."""
-    lines = [line for line in message.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith((" ", "\t", "Detected at node", "<stack traces"))
-              and line.strip() != "Graph execution error:"]
-    text = useful[-1] if useful else (lines[0] if lines else "")
-    return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text).strip()
-
-
-def _code_name(err: tf.errors.OpError) -> str:
-    from tensorflow.core.protobuf import error_codes_pb2
-
-    return error_codes_pb2.Code.Name(err.error_code)
-
-
-def _error_code(err: BaseException) -> str:
-    if isinstance(err, ServingError):
-        return err.code
-    if isinstance(err, tf.errors.OpError):
-        return _code_name(err)
-    return UNKNOWN
-
 
 # === Versions and the manager ===
 
@@ -338,7 +173,7 @@ class ModelManager:
                 return None
             key = (name, config.logging)
             if key not in self._loggers:
-                from serving.request_logging import RequestLogger
+                from moatkit.serving.request_logging import RequestLogger
 
                 for old_key in [k for k in self._loggers if k[0] == name]:
                     self._loggers.pop(old_key).close()
@@ -426,7 +261,7 @@ class ModelManager:
             # TFLite hook (--prefer_tflite_model, as in TF Serving): a version dir that also holds model.tflite
             # is served by the TFLite interpreter; serving/tflite_servable.py has the same interface.
             if self.prefer_tflite and os.path.exists(os.path.join(path, TFLITE_FILE)):
-                from serving.tflite_servable import TFLiteServable
+                from moatkit.serving.tflite_servable import TFLiteServable
 
                 servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher)
             else:
@@ -437,7 +272,7 @@ class ModelManager:
             message = getattr(err, "message", None) or str(err) or type(err).__name__
             log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, message)
             with self._lock:
-                state.state, state.error_code, state.error_message = END, _error_code(err), message
+                state.state, state.error_code, state.error_message = END, status_code(err), message
             return
         with self._lock:
             state.servable, state.state = servable, AVAILABLE
@@ -471,7 +306,7 @@ class ModelManager:
                                  output_filter=tuple(request.output_filter))
             elif kind in ("classify_log", "regress_log"):
                 request = getattr(entry, kind).request
-                examples = [e.SerializeToString() for e in _input_examples(request.input)]
+                examples = [e.SerializeToString() for e in input_examples(request.input)]
                 run = servable.classify if kind == "classify_log" else servable.regress
                 run(examples, signature_name=request.model_spec.signature_name)
             else:
@@ -540,20 +375,3 @@ def _source_mtime(path: str) -> float:
         except OSError:
             continue
     return 0.0
-
-
-def _input_examples(model_input):
-    """The tf.Example list of a tensorflow.serving.Input, with the context merged into each example."""
-    kind = model_input.WhichOneof("kind")
-    if kind == "example_list":
-        return list(model_input.example_list.examples)
-    if kind == "example_list_with_context":
-        with_context = model_input.example_list_with_context
-        merged = []
-        for example in with_context.examples:
-            copy = type(example)()
-            copy.CopyFrom(with_context.context)
-            copy.MergeFrom(example)
-            merged.append(copy)
-        return merged
-    raise invalid("Input is empty")

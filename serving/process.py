@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.errors import MoatError
+from moatkit.serving.errors import ServerError
 
 _GRPC_LINE = re.compile(r"Running gRPC ModelServer at [^:\s]+:(\d+)")
 _REST_LINE = re.compile(r"Exporting HTTP/REST API at:[^:\s]+:(\d+)")
@@ -34,7 +34,7 @@ class ServerProcess:
                  model_config_file: str | Path | None = None, port: int = 0, rest_api_port: int = 0,
                  extra_flags: tuple[str, ...] = (), timeout: float = 120.0, binary: str | None = None):
         if (model_config_file is None) == (model_base_path is None):
-            raise MoatError("pass either model_base_path (with model_name) or model_config_file",
+            raise ServerError("pass either model_base_path (with model_name) or model_config_file",
                             fix="ServerProcess(model_name='m', model_base_path='/models/m') or "
                                 "ServerProcess(model_config_file='models.config')")
         # --rest_api_port=0 disables REST in TF Serving, so "any free port" is resolved here.
@@ -70,7 +70,7 @@ class ServerProcess:
         real = shutil.which("tensorflow_model_server")
         if real and os.environ.get("MOAT_USE_REAL_TFSERVING") == "1":
             return [real, *self.flags]
-        return [sys.executable, "-m", "serving.server", *self.flags]
+        return [sys.executable, "-m", "moatkit.serving.server", *self.flags]
 
     def _read(self):
         for line in self.process.stdout:
@@ -81,10 +81,8 @@ class ServerProcess:
                 self.rest_port = int(match.group(1))
 
     def start(self) -> "ServerProcess":
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        errors="replace", env=env)
+                                        errors="replace")
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         deadline = time.time() + self.timeout
@@ -95,7 +93,7 @@ class ServerProcess:
                 break
             time.sleep(0.1)
         self.stop()  # also drains the output, so the message below has the server's last lines
-        raise MoatError("the model server did not start: " + (" | ".join(self.lines[-5:]) or "no output"),
+        raise ServerError("the model server did not start: " + (" | ".join(self.lines[-5:]) or "no output"),
                         fix="run `moat serve` with the same flags to see its full log")
 
     def terminate(self, *, timeout: float = 60.0) -> int:

@@ -17,7 +17,6 @@ build registers no collector; "file" is the one collector type implemented here,
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import logging
 import os
@@ -82,17 +81,17 @@ class RequestLogger:
 
 def settings_from_proto(model_name: str, logging_config, *, source: str) -> LoggingSettings | None:
     """The LoggingSettings of a ModelConfig.logging_config (None when absent)."""
-    from app.errors import ConfigError
+    from moatkit.serving.errors import ServingConfigError
 
     collector = logging_config.log_collector_config
     if not collector.type and not collector.filename_prefix:
         return None
     if collector.type != "file":
-        raise ConfigError(f"{source}: model {model_name!r}: unsupported log_collector_config type "
+        raise ServingConfigError(f"{source}: model {model_name!r}: unsupported log_collector_config type "
                           f"{collector.type!r}", fix='use type: "file" with a filename_prefix')
     if not collector.filename_prefix:
-        raise ConfigError(f"{source}: model {model_name!r}: log_collector_config needs a filename_prefix")
+        raise ServingConfigError(f"{source}: model {model_name!r}: log_collector_config needs a filename_prefix")
     rate = logging_config.sampling_config.sampling_rate
     if not 0.0 <= rate <= 1.0:
-        raise ConfigError(f"{source}: model {model_name!r}: sampling_rate must be in [0, 1], got {rate}")
+        raise ServingConfigError(f"{source}: model {model_name!r}: sampling_rate must be in [0, 1], got {rate}")
     return LoggingSettings(filename_prefix=collector.filename_prefix, sampling_rate=rate)

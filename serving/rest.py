@@ -9,7 +9,6 @@ Errors are `{"error": "..."}` with TF Serving's canonical-code -> HTTP status ma
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import concurrent.futures
 import json
@@ -25,9 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import tensorflow as tf
 from google.protobuf import json_format
 
-from serving import tensors
-from serving.model_manager import ModelManager, Servable
-from serving.tensors import ServingError, invalid
+from moatkit.serving import tensors
+from moatkit.serving.model_manager import ModelManager
+from moatkit.serving.servable import Servable
+from moatkit.serving.tensors import ServingError, invalid
 
 log = logging.getLogger("moat.serving")
 

@@ -15,7 +15,6 @@ where TF Serving allows 2 GiB; SIGTERM drains in-flight requests before the proc
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import logging
 import os
@@ -26,8 +25,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from app.errors import MoatError
-from serving.names import is_safe_model_name
+from moatkit.serving.errors import ServerError
+from moatkit.serving.names import is_safe_model_name
 
 log = logging.getLogger("moat.serving")
 
@@ -89,7 +88,7 @@ SUPPORTED = {"port", "rest_api_port", "rest_api_timeout_in_ms", "model_config_fi
              "grpc_channel_arguments", "rest_api_max_request_bytes"}
 
 
-class FlagError(MoatError):
+class FlagError(ServerError):
     """A command-line flag is unknown or malformed (exit code 2)."""
 
 
@@ -241,7 +240,7 @@ class ModelServer:
         self._threads: list[threading.Thread] = []
 
     def _configs(self):
-        from serving.model_manager import ModelConfig, configs_from_file
+        from moatkit.serving.model_manager import ModelConfig, configs_from_file
 
         if self.options.model_config_file:
             return configs_from_file(self.options.model_config_file)
@@ -250,8 +249,8 @@ class ModelServer:
     def start(self) -> None:
         import tensorflow as tf
 
-        from serving import grpc_service, rest
-        from serving.model_manager import ModelManager
+        from moatkit.serving import grpc_service, rest
+        from moatkit.serving.model_manager import ModelManager
 
         opts = self.options
         if opts.tensorflow_intra_op_parallelism:
@@ -264,7 +263,7 @@ class ModelServer:
 
         self.batcher = None
         if opts.enable_batching:
-            from serving.batching import BatchScheduler, load_batching_parameters
+            from moatkit.serving.batching import BatchScheduler, load_batching_parameters
 
             params = load_batching_parameters(opts.batching_parameters_file)
             log.info("Batching enabled: %s", params)
@@ -297,7 +296,7 @@ class ModelServer:
         self._start_background()
 
     def _start_background(self) -> None:
-        from serving import grpc_service
+        from moatkit.serving import grpc_service
 
         def health_loop():
             while not self._stopped.wait(1.0):
@@ -314,7 +313,7 @@ class ModelServer:
                 try:
                     self.manager.reload_config(self._configs())
                     log.info("Reloaded model config from %s", path)
-                except MoatError as err:
+                except ServerError as err:
                     log.error("Ignoring new model config: %s", err)
 
         loops = [health_loop]
@@ -328,7 +327,7 @@ class ModelServer:
     def stop(self) -> None:
         """Graceful shutdown: refuse new connections and RPCs at once, let in-flight requests finish (for at
         most --rest_api_timeout_in_ms, the longest a REST request may run anyway), then unload the models."""
-        from serving import grpc_service
+        from moatkit.serving import grpc_service
 
         if self._stopped.is_set():
             return
@@ -406,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()
-    except MoatError as err:
+    except ServerError as err:
         print(f"moat-model-server: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -13,7 +13,6 @@ bare tokens NaN / Infinity / -Infinity, as TF Serving does (most JSON parsers, P
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import base64
 import binascii
@@ -23,7 +22,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from app.errors import MoatError
+from moatkit.serving.errors import ServerError
 
 # gRPC status code names; rest.py maps them to HTTP codes the way TF Serving's http_server.cc does.
 OK = "OK"
@@ -41,7 +40,7 @@ COLUMNAR = "columnar"
 MAX_RANK = 32  # numpy's lowest limit on array dimensions (1.x); TensorFlow allows 254
 
 
-class ServingError(MoatError):
+class ServingError(ServerError):
     """A request or servable error carrying the canonical status code TF Serving would return."""
 
     def __init__(self, code: str, message: str):

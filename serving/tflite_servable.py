@@ -11,7 +11,6 @@ when tensorflow_text is installed, so text models exported with `tflite: true` t
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 import importlib
 import os
@@ -25,8 +24,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.model_manager import PREDICT_METHOD, TFLITE_FILE, Servable
-from serving.tensors import INTERNAL, ServingError, invalid
+from moatkit.serving.servable import PREDICT_METHOD, TFLITE_FILE, Servable
+from moatkit.serving.tensors import INTERNAL, ServingError, invalid
 
 
 

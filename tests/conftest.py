@@ -1,18 +1,17 @@
 """Shared fixtures. Real catalog data and weights are cached in $MOAT_HOME (default ~/.cache/moatkit)."""
-from app import env as _env  # noqa: F401  (tf_keras before TensorFlow)
 
 import pytest
 
 
 @pytest.fixture(scope="session")
 def minilm_dir():
-    from data.fetch import fetch
-    return fetch("minilm-l6")
+    from moatkit.models.checkpoints import fetch_model
+    return fetch_model("minilm-l6")
 
 
 @pytest.fixture(scope="session")
 def mr_dir():
-    from data.fetch import fetch
+    from moatkit.data.fetch import fetch
     return fetch("mr")
 
 
@@ -20,7 +19,7 @@ def mr_dir():
 def small_run(tmp_path_factory, minilm_dir, mr_dir):
     """A real MiniLM fine-tune on a budget (1,000 MR train sentences, 2 epochs): the model the export and
     serving tests use."""
-    from models.finetune import FinetuneConfig, finetune
+    from moatkit.models.finetune import FinetuneConfig, finetune
 
     run_dir = tmp_path_factory.mktemp("run") / "sentiment"
     config = FinetuneConfig(run_dir=str(run_dir), max_train_examples=1000, max_eval_examples=400, epochs=2, learning_rate=1e-4,

@@ -5,7 +5,6 @@ Import as `from tests.serving_helpers import ...` (pytest runs from the reposito
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401  (tf_keras before TensorFlow)
 
 import http.client as http_client
 import json
@@ -17,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from serving.export import CLASSIFY_METHOD, REGRESS_METHOD, set_method_names
-from serving.process import ServerProcess
+from moatkit.models.export import CLASSIFY_METHOD, REGRESS_METHOD, set_method_names
+from moatkit.serving.process import ServerProcess
 
 REAL_SERVER_ENV = "TENSORFLOW_MODEL_SERVER"
 MOAT, REAL = "moat", "tensorflow_model_server"

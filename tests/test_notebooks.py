@@ -1,5 +1,4 @@
 """Every notebook runs top to bottom with small parameters (the `parameters`-tagged cell is replaced)."""
-import os
 from pathlib import Path
 
 import nbformat
@@ -42,9 +41,7 @@ def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch):
     parameters = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(parameters) == 1, "each notebook needs exactly one cell tagged 'parameters'"
     parameters[0].source = SMALL[name].format(workdir=str(tmp_path))
-    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, as is the import path below
-    root = str(NOTEBOOKS.parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, which imports the installed moatkit
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))

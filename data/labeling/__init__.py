@@ -4,4 +4,3 @@ One role per module: `baseline` (a fast hashed bag-of-words classifier), `qualit
 confidence, likely-mislabeled), `weak` (labelling functions + a label model), `active` (uncertainty sampling,
 export for annotation, merge back), `augment` (EDA with embedding-neighbour synonyms), `cli` (the verbs).
 """
-from app import env as _env  # noqa: F401  (selects tf_keras before TensorFlow loads)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.errors import ConfigError, DataError
+from moatkit.data.core.errors import ConfigError, DataError
 
 Strategy = Literal["least-confidence", "margin", "entropy", "random"]
 
@@ -148,8 +148,8 @@ class SelectConfig:
 def run_select(data_dir: str | Path, out_path: str | Path, config: SelectConfig) -> dict:
     """`moat data label select`: trains the baseline on the labelled records, exports the n most informative
     unlabelled ones (with the model's suggestion and confidence) to a CSV/JSONL file to annotate."""
-    from data.dataset import read_manifest, read_records
-    from data.labeling.baseline import TextClassifier, label_indices
+    from moatkit.data.dataset import read_manifest, read_records
+    from moatkit.data.labeling.baseline import TextClassifier, label_indices
 
     config.validate()
     manifest = read_manifest(data_dir)
@@ -190,8 +190,8 @@ def run_select(data_dir: str | Path, out_path: str | Path, config: SelectConfig)
 def run_merge(data_dir: str | Path, annotations_path: str | Path, out_dir: str | Path) -> dict:
     """`moat data label merge`: writes a copy of the dataset with the annotated labels applied; report.json gets an
     "annotations" section (rows, labelled, changed, skipped_empty, by_label)."""
-    from data.dataset import read_manifest, read_records, write_dataset
-    from data.labeling.weak import _merge_report
+    from moatkit.data.dataset import read_manifest, read_records, write_dataset
+    from moatkit.data.labeling.weak import _merge_report
 
     manifest = read_manifest(data_dir)
     labels = list(manifest.get("labels") or [])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import ConfigError, DataError
+from moatkit.data.core.errors import ConfigError, DataError
 
 OPERATIONS = ("synonym", "insert", "swap", "delete")
 EVAL_SPLITS = {"dev", "test", "valid", "validation", "eval", "heldout", "held-out"}
@@ -38,7 +38,7 @@ class AugmentConfig:
     neighbours: int = 5                 # synonym candidates per word
     min_similarity: float = 0.45        # cosine floor for a neighbour to count as a synonym
     protect: list[str] = dataclasses.field(default_factory=list)  # words never replaced (e.g. good, bad)
-    embeddings: str = ""                # BERT dir with vocab.txt + tf_model.h5; default: the catalog's minilm-l6
+    embeddings: str = ""                # BERT dir (vocab.txt + safetensors or tf_model.h5); default: minilm-l6
     seed: int = 0
 
     def validate(self):
@@ -52,23 +52,34 @@ class AugmentConfig:
             raise ConfigError(f"alpha={self.alpha} must be in (0, 0.5]", fix="EDA's default is 0.1")
 
 
+def _word_embeddings(model_dir: Path) -> np.ndarray | None:
+    """The input embedding matrix of a BERT dir: PyTorch-format safetensors or an HF TF (.h5) checkpoint."""
+    if (model_dir / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(model_dir / "model.safetensors", framework="numpy") as handle:
+            names = [n for n in handle.keys() if n.endswith("word_embeddings.weight")]
+            return handle.get_tensor(names[0]) if names else None
+    if (model_dir / "tf_model.h5").is_file():
+        import h5py
+
+        with h5py.File(model_dir / "tf_model.h5", "r") as handle:
+            names = []
+            handle.visit(lambda name: names.append(name) if name.endswith("word_embeddings/weight:0") else None)
+            return handle[names[0]][()] if names else None
+    return None
+
+
 class EmbeddingSynonyms:
     """Nearest whole-word neighbours in a BERT input embedding matrix (one L2-normalised matmul per new word)."""
 
     def __init__(self, model_dir: str | Path, *, k: int = 5, min_similarity: float = 0.45):
-        import h5py
-
         model_dir = Path(model_dir)
-        weights, vocab_file = model_dir / "tf_model.h5", model_dir / "vocab.txt"
-        if not weights.is_file() or not vocab_file.is_file():
-            raise DataError(f"'{model_dir}' has no tf_model.h5 + vocab.txt for synonym lookup",
-                            fix="run `moat data fetch minilm-l6`, or set embeddings= a TF BERT dir")
-        with h5py.File(weights, "r") as handle:
-            names = []
-            handle.visit(lambda name: names.append(name) if name.endswith("word_embeddings/weight:0") else None)
-            if not names:
-                raise DataError(f"'{weights}' holds no word_embeddings/weight", fix="use a BERT-family checkpoint")
-            matrix = handle[names[0]][()]  # (vocab, hidden)
+        vocab_file = model_dir / "vocab.txt"
+        matrix = _word_embeddings(model_dir) if vocab_file.is_file() else None  # (vocab, hidden)
+        if matrix is None:
+            raise DataError(f"'{model_dir}' has no vocab.txt + model.safetensors or tf_model.h5 for synonym lookup",
+                            fix="run `moat data fetch minilm-l6`, or set embeddings= a BERT dir")
         vocab = vocab_file.read_text(encoding="utf-8").split("\n")[: len(matrix)]
         ids = np.array([i for i, w in enumerate(vocab) if w.isascii() and w.isalpha() and len(w) >= 3])
         self.words = [vocab[i] for i in ids]
@@ -145,7 +156,7 @@ def augment_records(records: list[dict], config: AugmentConfig, *, synonyms=None
     Record i's copies depend only on (seed, i's id), so adding records does not change other records' copies."""
     config.validate()
     if synonyms is None and {"synonym", "insert"} & set(config.operations):
-        from data.fetch import fetch
+        from moatkit.data.fetch import fetch
         synonyms = EmbeddingSynonyms(config.embeddings or fetch("minilm-l6"), k=config.neighbours,
                                      min_similarity=config.min_similarity)
     protect = frozenset(w.lower() for w in config.protect)
@@ -177,8 +188,8 @@ def run_augment(data_dir: str | Path, out_dir: str | Path, config: AugmentConfig
     """`moat data label augment`: writes originals + copies; report.json gets an "augmentation" section."""
     import collections
 
-    from data.dataset import read_manifest, read_records, write_dataset
-    from data.labeling.weak import _merge_report
+    from moatkit.data.dataset import read_manifest, read_records, write_dataset
+    from moatkit.data.labeling.weak import _merge_report
 
     manifest = read_manifest(data_dir)
     refuse_eval_split(data_dir, manifest)

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from app.errors import DataError
+from moatkit.data.core.errors import DataError
 
 
 @dataclasses.dataclass

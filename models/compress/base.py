@@ -20,13 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, DataError, ModelError
-from data.split import SplitConfig
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.split import SplitConfig
 
 METHODS = ("ptq", "prune", "cluster", "qat", "distill")
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -292,8 +291,8 @@ class CompressContext:
 
 def _finetune_data_config(config: CompressConfig, model_dir: Path, task_info: dict):
     """The FinetuneConfig whose splits the baseline saw: the run's report.json when it exists, then overrides."""
-    from app.config import from_dict
-    from models.finetune import FinetuneConfig
+    from moatkit.data.core.config import from_dict
+    from moatkit.models.finetune import FinetuneConfig
 
     report = model_dir.parent / "report.json"
     values = {}
@@ -318,8 +317,8 @@ def encode(tokenizer, texts: list[str], max_length: int) -> Batch:
 def load_context(config: CompressConfig) -> CompressContext:
     from transformers import BertTokenizerFast
 
-    from models.finetune import load_task_data
-    from models.tasks import get_task
+    from moatkit.models.finetune import load_task_data
+    from moatkit.models.tasks import get_task
 
     model_dir = Path(config.model_dir)
     task_file = model_dir / "moat_task.json"

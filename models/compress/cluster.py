@@ -13,7 +13,6 @@ the word embeddings), each with its own centroids.
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
@@ -22,9 +21,9 @@ from tensorflow_model_optimization.python.core.clustering.keras.cluster_config i
 from tensorflow_model_optimization.python.core.clustering.keras.clustering_centroids import \
     CentroidsInitializerFactory
 
-from models.compress.base import ClusterSettings, CompressContext, Variant
-from models.compress.prune import block_kernels, fine_tune, reload_clean, short_name, word_embeddings
-from models.compress.report import gzip_bytes
+from moatkit.models.compress.base import ClusterSettings, CompressContext, Variant
+from moatkit.models.compress.prune import block_kernels, fine_tune, reload_clean, short_name, word_embeddings
+from moatkit.models.compress.report import gzip_bytes
 
 INITIALISERS = {"kmeans_plus_plus": CentroidInitialization.KMEANS_PLUS_PLUS, "linear": CentroidInitialization.LINEAR,
                 "density_based": CentroidInitialization.DENSITY_BASED, "random": CentroidInitialization.RANDOM}

@@ -17,13 +17,12 @@ import math
 import unicodedata
 from pathlib import Path
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError, DataError
-from models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode, logits_of
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode, logits_of
 
 UNLABELED = -1  # label of a sentence that only has soft targets
 
@@ -114,8 +113,8 @@ def _normalized(text: str) -> str:
 
 def unlabeled_texts(source: str, context: CompressContext, limit: int | None) -> tuple[list[str], dict]:
     """Texts of a dataset dir or catalog name, minus those in the task's splits; returns (texts, counts)."""
-    from data.dataset import read_records
-    from data.fetch import fetch
+    from moatkit.data.dataset import read_records
+    from moatkit.data.fetch import fetch
 
     path = Path(source)
     if (path / "manifest.json").is_file():
@@ -162,7 +161,7 @@ def distill(student, *, arrays: Batch, labels: np.ndarray, teacher_logits: np.nd
             seed: int = 13, verbose: int = 0) -> int:
     """Trains `student` in place on (arrays, labels | UNLABELED, teacher_logits) with models/finetune.py's
     optimizer recipe. Returns the number of optimizer steps."""
-    from models.finetune import FinetuneConfig, build_optimizer
+    from moatkit.models.finetune import FinetuneConfig, build_optimizer
 
     n = len(labels)
     steps = math.ceil(n / settings.batch_size) * settings.epochs

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
@@ -25,10 +24,10 @@ import tensorflow_model_optimization as tfmot
 # TFMOT's masking engine; its public API only reaches it through the wrapper, which needs a Functional model.
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl
 
-from app.errors import ConfigError, ModelError
-from models.compress.base import CompressContext, PruneSettings, Variant
-from models.compress.distill import DistillationLoss, predict_logits, teacher_dataset
-from models.compress.report import gzip_bytes
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.compress.base import CompressContext, PruneSettings, Variant
+from moatkit.models.compress.distill import DistillationLoss, predict_logits, teacher_dataset
+from moatkit.models.compress.report import gzip_bytes
 
 M_BY_N = (2, 4)
 
@@ -155,7 +154,7 @@ def fine_tune(model, context: CompressContext, settings, *, callbacks=(), verbos
     loss) on the context's train split; with `settings.teacher_alpha` > 0 the model's own logits from before this
     call are the teacher's soft targets (it is the uncompressed baseline then). Returns the number of optimizer
     steps."""
-    from models.finetune import FinetuneConfig, Float32Loss, build_optimizer
+    from moatkit.models.finetune import FinetuneConfig, Float32Loss, build_optimizer
 
     steps_per_epoch = math.ceil(len(context.targets["train"]) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
@@ -230,7 +229,7 @@ def prune_hf(model, context: CompressContext, settings: PruneSettings, *, struct
 def moat_classifier(hf_model) -> tf.keras.Model:
     """The HF BERT classifier as a Functional graph of models/layers (same weights, same logits):
     {input_ids, attention_mask} (batch, seq) int32 → logits (batch, labels)."""
-    from models.transformer import Encoder, bert_state_from_tf_model, encoder_kwargs_from_bert_config, \
+    from moatkit.models.transformer import Encoder, bert_state_from_tf_model, encoder_kwargs_from_bert_config, \
         load_bert_weights
 
     config = hf_model.config

@@ -17,13 +17,12 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ModelError
-from models.compress.base import INPUT_NAMES, Batch, CompressContext, PTQSettings, Variant, logits_of
+from moatkit.data.core.errors import ModelError
+from moatkit.models.compress.base import INPUT_NAMES, Batch, CompressContext, PTQSettings, Variant, logits_of
 
 MODES = ("float32", "float16", "dynamic", "int8")
 
@@ -94,7 +93,7 @@ def raw_string_tflite(model, context: CompressContext, *, mode: str, representat
     """The serving twin: raw strings → TFLite tokenizer (tensorflow_text custom ops) → model → serving_default
     outputs of serving/export.py (probabilities, label_id, label). `configure` lets a caller set its own
     converter options (e.g. QAT: optimizations only) instead of `mode`."""
-    from serving.export import TextModelModule, TFLiteBertTokenizer
+    from moatkit.models.export import TextModelModule, TFLiteBertTokenizer
 
     module = TextModelModule(model=WithLogits(model), vocab=context.vocab, labels=context.labels,
                              max_length=context.max_length, lower_case=context.task.get("lower_case", True))

@@ -25,16 +25,15 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from app.errors import ModelError
-from models.compress.base import INPUT_NAMES, Batch, CompressContext, QATSettings, Variant
-from models.layers import FeedForward, MultiHeadAttention
-from models.transformer import (Encoder, TokenAndPositionEmbedding, bert_state_from_tf_model,
+from moatkit.data.core.errors import ModelError
+from moatkit.models.compress.base import INPUT_NAMES, Batch, CompressContext, QATSettings, Variant
+from moatkit.models.layers import FeedForward, MultiHeadAttention
+from moatkit.models.transformer import (Encoder, TokenAndPositionEmbedding, bert_state_from_tf_model,
                                 encoder_kwargs_from_bert_config, load_bert_weights)
 
 quantize = tfmot.quantization.keras
@@ -273,7 +272,7 @@ def quantize_classifier(model: tf.keras.Model) -> tf.keras.Model:
 
 def convert_int8(model: tf.keras.Model, *, max_length: int) -> bytes:
     """The QAT model on token ids (batch, max_length) → int8 TFLite flatbuffer (builtins only)."""
-    from models.compress.ptq import token_id_signature
+    from moatkit.models.compress.ptq import token_id_signature
 
     wrapped = TokenIdClassifier(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([token_id_signature(wrapped, max_length)], wrapped)
@@ -288,7 +287,7 @@ def convert_int8(model: tf.keras.Model, *, max_length: int) -> bytes:
 
 def tflite_summary(model: str | Path | bytes) -> dict:
     """Tensor and op types of a flatbuffer (a path or its bytes): how much of it is int8."""
-    from models.compress.ptq import interpreter_class
+    from moatkit.models.compress.ptq import interpreter_class
 
     source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     interpreter = interpreter_class()[0](**source)
@@ -323,7 +322,7 @@ def keras_predict(model: tf.keras.Model):
 
 def train_qat(context: CompressContext, settings: QATSettings, *, verbose: int = 0) -> tuple[tf.keras.Model, dict]:
     """Baseline → Functional rebuild (checked against the baseline's logits) → fake-quant model, fine-tuned."""
-    from models.compress.prune import fine_tune
+    from moatkit.models.compress.prune import fine_tune
 
     hf_model = context.load_baseline()
     model = functional_classifier(hf_model)
@@ -339,7 +338,7 @@ def train_qat(context: CompressContext, settings: QATSettings, *, verbose: int =
 
 def serving_tflite(qat_model: tf.keras.Model, context: CompressContext) -> bytes:
     """The raw-string twin for the model repository (TFLite tokenizer in front), int8 like the token-id model."""
-    from models.compress.ptq import raw_string_tflite
+    from moatkit.models.compress.ptq import raw_string_tflite
 
     def configure(converter):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # QAT ranges come with the graph: no calibration
@@ -348,7 +347,7 @@ def serving_tflite(qat_model: tf.keras.Model, context: CompressContext) -> bytes
 
 
 def compress(context: CompressContext, settings: QATSettings, *, verbose: int = 0) -> list[Variant]:
-    from models.compress.ptq import tflite_predict
+    from moatkit.models.compress.ptq import tflite_predict
 
     settings.validate()
     qat_model, notes = train_qat(context, settings, verbose=verbose)

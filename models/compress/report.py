@@ -18,15 +18,15 @@ import shutil
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
 
-from app.errors import ConfigError
-from models import metrics as metrics_lib
-from models.compress.base import (INPUT_NAMES, METHODS, Batch, CompressConfig, CompressContext, DistillSettings,
+from moatkit.data.core.errors import ConfigError
+from moatkit.models import metrics as metrics_lib
+from moatkit.models.compress.base import (INPUT_NAMES, METHODS, Batch, CompressConfig, CompressContext, DistillSettings,
                                   PruneSettings, Variant, load_context)
 
 SAVED_MODELS = "saved_models"
@@ -36,7 +36,7 @@ def method_module(method: str):
     """The method's module, imported only when selected; a missing one is a config error, not an ImportError."""
     if method not in METHODS:
         raise ConfigError(f"unknown compression method '{method}'", fix=f"choose from {', '.join(METHODS)}")
-    name = f"models.compress.{method}"
+    name = f"moatkit.models.compress.{method}"
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
@@ -87,7 +87,7 @@ def count_params(model) -> int | None:
 
 def save_token_model(model, path: Path, max_length: int) -> Path:
     """A token-id SavedModel (serving_default: input_ids, attention_mask (batch, max_length) int32 → logits)."""
-    from models.compress.ptq import token_id_signature
+    from moatkit.models.compress.ptq import token_id_signature
 
     if path.exists():
         shutil.rmtree(path)
@@ -158,7 +158,7 @@ def prepare(variant: Variant, context: CompressContext) -> Variant:
             variant.notes["saved_model"] = str(path)
             variant.predict = saved_model_predict(path)
     if variant.predict is None and variant.tflite_path is not None:
-        from models.compress.ptq import tflite_predict
+        from moatkit.models.compress.ptq import tflite_predict
         variant.predict = tflite_predict(variant.tflite_path, num_threads=context.config.num_threads)
     if variant.predict is None:
         raise ConfigError(f"variant '{variant.name}' has neither a model, a .tflite file nor a predict function",
@@ -230,7 +230,7 @@ def acceptance(rows: list[dict]) -> list[dict]:
 
 # === Outputs ===
 
-def _mb(value: int) -> str:
+def mb(value: int) -> str:
     return f"{value / 1e6:.2f}"
 
 
@@ -242,7 +242,7 @@ def markdown_table(rows: list[dict]) -> str:
         params = f"{r['params']:,}" if r["params"] else "–"
         sparsity = f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "–"
         lines.append(f"| {r['name']} | {r['accuracy']:.4f} | {r['accuracy_delta_points']:+.2f} | {r['macro_f1']:.4f} | "
-                     f"{r['macro_f1_delta_points']:+.2f} | {_mb(r['bytes'])} | {_mb(r['gzip_bytes'])} | "
+                     f"{r['macro_f1_delta_points']:+.2f} | {mb(r['bytes'])} | {mb(r['gzip_bytes'])} | "
                      f"{r['smaller_x']}× (gzip {r['gzip_smaller_x']}×) | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['speedup_p50_x']}× | {r['examples_per_s']} | {params} | {sparsity} |")
     return "\n".join(lines) + "\n"
@@ -261,7 +261,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     for r in rows:
         ax.scatter(r["p50_ms"], 100 * r["accuracy"], s=40 + 1500 * r["bytes"] / largest, alpha=0.6,
                    color=colors[r["method"]], edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{r['name']} ({_mb(r['bytes'])} MB)", (r["p50_ms"], 100 * r["accuracy"]), fontsize=8,
+        ax.annotate(f"{r['name']} ({mb(r['bytes'])} MB)", (r["p50_ms"], 100 * r["accuracy"]), fontsize=8,
                     xytext=(6, 4), textcoords="offset points")
     for m in methods:
         ax.scatter([], [], color=colors[m], label=m)
@@ -288,19 +288,18 @@ def write_tensorboard(directory: Path, markdown: str, png: Path) -> None:
 # === Export into the model repository ===
 
 def export_variant(variant: Variant, context: CompressContext) -> dict:
-    """<repo>/<name>-<variant>/<version>/: raw-string signatures as serving/export.py writes them. A TFLite variant's
+    """<repo>/<name>-<variant>/<version>/: raw-string signatures as models/export.py writes them. A TFLite variant's
     version holds the float32 baseline SavedModel (the server needs one to find the version) and its raw-string
     model.tflite, which `moat serve --prefer_tflite_model` serves instead."""
-    from serving.export import (CLASSIFY_METHOD, ExportConfig, TextModelModule, export_text_model, set_method_names,
-                                write_version, write_warmup)
-    from serving.model_manager import TFLITE_FILE
+    from moatkit.models.export import (CLASSIFY_METHOD, TFLITE_FILE, ExportConfig, TextModelModule, export_text_model,
+                                       set_method_names, write_version, write_warmup)
 
     name = f"{context.config.name}-{variant.name}"
     if variant.hf_dir is not None and variant.tflite_path is None:
         info = export_text_model(ExportConfig(model_dir=str(variant.hf_dir), repo=context.config.repo, name=name,
                                               max_length=context.max_length))
         return {"model_name": name, "version_dir": info["version_dir"], "format": "saved_model"}
-    from models.compress.ptq import WithLogits
+    from moatkit.models.compress.ptq import WithLogits
 
     if variant.tflite_path is not None:
         model, serving = context.load_baseline(), variant.serving_tflite
@@ -325,44 +324,12 @@ def export_variant(variant: Variant, context: CompressContext) -> dict:
     return {"model_name": name, "version_dir": str(final), "format": "tflite" if serving is not None else "saved_model"}
 
 
-def serve_check(exports: dict[str, dict], texts: list[str], expected: dict[str, list[str]], work_dir: Path) -> dict:
-    """Serves every exported variant from one moat-model-server (--prefer_tflite_model, so TFLite versions run on
-    the interpreter) and asks each over REST and gRPC. Per variant: both answered, their labels agree, and how many
-    labels equal the in-process token-id predictions (`expected`)."""
-    from serving import client
-    from serving.process import free_port
-    from serving.server import ModelServer, parse_flags, validate
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    config_file = work_dir / "models.config"
-    config_file.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{e["model_name"]}" base_path: "{Path(e["version_dir"]).parent.resolve()}" '
-        f'model_platform: "tensorflow" }}\n' for e in exports.values()) + "}\n")
-    options = parse_flags([f"--port={free_port()}", f"--rest_api_port={free_port()}", "--prefer_tflite_model",
-                           f"--model_config_file={config_file}"])
-    validate(options)
-    server = ModelServer(options)
-    server.start()
-    results = {}
-    try:
-        rest, grpc_target = f"127.0.0.1:{server.rest_port}", f"127.0.0.1:{server.grpc_port}"
-        for variant, export in exports.items():
-            name = export["model_name"]
-            client.wait_until_available(name, rest=rest, timeout=300)
-            by_rest = [p["label"] for p in client.rest_predict(rest, name, texts)["predictions"]]
-            by_grpc = client.grpc_predict(grpc_target, name, {"text": np.array(texts, dtype=object)})
-            by_grpc = by_grpc["label"].astype(str).tolist()
-            results[variant] = {"rest": True, "grpc": True, "rest_equals_grpc": by_rest == by_grpc,
-                                "labels_match_token_id_model": sum(a == b for a, b in zip(by_rest, expected[variant])),
-                                "texts": len(texts), "engine": export["format"]}
-    finally:
-        server.stop()
-    return results
-
-
 # === The run ===
 
-def run_compress(config: CompressConfig, *, log=print) -> dict:
+def run_compress(config: CompressConfig, *, log=print, serve_check: Callable | None = None) -> dict:
+    """Compresses, evaluates and (with config.export) exports every variant, then writes the report.
+    `serve_check(exports, texts, expected, work_dir)` serves the exports and asks them (moatkit.app.compress_report
+    passes one that starts moat-model-server); without it, config.serve_check is skipped."""
     started = time.time()
     config.validate()
     context = load_context(config)
@@ -391,7 +358,7 @@ def run_compress(config: CompressConfig, *, log=print) -> dict:
         row.update(time_predict(variant.predict, context.arrays["test"], repeats=config.latency_repeats,
                                 batches=config.throughput_batches, warmup=config.warmup_calls))
         rows.append(row)
-        log(f"  {row['name']}: accuracy {row['accuracy']:.4f}, {_mb(row['bytes'])} MB, p50 {row['p50_ms']} ms")
+        log(f"  {row['name']}: accuracy {row['accuracy']:.4f}, {mb(row['bytes'])} MB, p50 {row['p50_ms']} ms")
     add_deltas(rows)
     load_end = round(os.getloadavg()[0], 2)
 
@@ -401,7 +368,7 @@ def run_compress(config: CompressConfig, *, log=print) -> dict:
         for variant in variants:
             exports[variant.name] = export_variant(variant, context)
             next(r for r in rows if r["name"] == variant.name)["export"] = exports[variant.name]
-        if config.serve_check:
+        if config.serve_check and serve_check is not None:
             texts = context.texts["test"][:8]
             first = context.batch("test", slice(0, len(texts)))
             expected = {v.name: [context.labels[i] for i in v.predict(first).argmax(-1)] for v in variants}
@@ -445,25 +412,3 @@ def mr_recipes() -> dict:
     return {"prune": PruneSettings(structure=["unstructured"], epochs=4, learning_rate=1e-4, embedding_sparsity=0.9,
                                    drop_unseen_tokens=True, teacher_alpha=0.7),
             "distill": DistillSettings(student_layers=2, unlabeled="amazon")}
-
-
-def bench_compress(*, model_dir: str = "runs/sentiment/model", out_dir: str = "bench/results/compress",
-                   log=print) -> dict | None:
-    """`moat bench`'s compress entry: the full report (all methods) on the fine-tuned MR baseline, exported into a
-    model repository under out_dir (not the serving repository). None when there is no baseline yet."""
-    if not (Path(model_dir) / "moat_task.json").is_file():
-        return None
-    out = Path(out_dir)
-    if (out / "models").exists():
-        shutil.rmtree(out / "models")  # one version per variant, not one more per bench run
-    report = run_compress(CompressConfig(model_dir=model_dir, out_dir=str(out), repo=str(out / "models"),
-                                         name="sentiment", **mr_recipes()), log=log)
-    rows = []
-    base = report["variants"][0]
-    for r in report["variants"][1:]:
-        rows.append(f"| compress {r['name']} vs float32 SavedModel (MR test accuracy; size; batch-1 p50 ms) | "
-                    f"{r['accuracy']:.4f}; {_mb(r['bytes'])} MB; {r['p50_ms']} | {base['accuracy']:.4f}; "
-                    f"{_mb(base['bytes'])} MB; {base['p50_ms']} | {r['speedup_p50_x']} ({r['smaller_x']}× smaller, "
-                    f"{r['accuracy_delta_points']:+.2f} pts) |")
-    return {"report": str(out / "report.json"), "variants": report["variants"], "acceptance": report["acceptance"],
-            "bench_rows": rows}

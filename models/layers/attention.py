@@ -6,7 +6,6 @@ causal mask (1, Q, K). Scores are computed in the compute dtype, then masked and
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot

@@ -6,12 +6,11 @@ The encoder output is assumed to have the decoder's width (true for models.trans
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 
-from models.layers.attention import MultiHeadAttention
-from models.layers.encoder_layer import TransformerBlock, residual_block
+from moatkit.models.layers.attention import MultiHeadAttention
+from moatkit.models.layers.encoder_layer import TransformerBlock, residual_block
 
 
 class DecoderLayer(TransformerBlock):

@@ -6,13 +6,12 @@ LayerNorm runs in float32 under mixed precision.
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from models.layers.attention import MultiHeadAttention
-from models.layers.feed_forward import FeedForward
+from moatkit.models.layers.attention import MultiHeadAttention
+from moatkit.models.layers.feed_forward import FeedForward
 
 
 def residual_block(x, sublayer_output, *, norm, norm_first: bool, dropout, training):

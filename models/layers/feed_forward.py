@@ -1,12 +1,11 @@
 """Position-wise feed-forward block: Dense(intermediate, activation) → dropout → Dense(width)."""
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from models.layers.attention import clone_initializer
+from moatkit.models.layers.attention import clone_initializer
 
 
 def get_activation(name: str):

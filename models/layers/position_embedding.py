@@ -5,7 +5,6 @@ at `start_index` (the absolute position of the first token: > 0 while decoding o
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import tensorflow as tf

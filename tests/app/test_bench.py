@@ -3,7 +3,7 @@ import json
 
 
 def test_bench_tokenize(tmp_path):
-    from app.bench import BenchConfig, run_bench
+    from moatkit.app.bench import BenchConfig, run_bench
 
     config = BenchConfig(repeats=1, benchmarks=["tokenize"], out_dir=str(tmp_path / "out"))
     results = run_bench(config, log=lambda line: None)
@@ -18,7 +18,7 @@ def test_bench_tokenize(tmp_path):
 
 
 def test_bench_finetune_and_skipped_serving(tmp_path, minilm_dir, mr_dir):
-    from app.bench import BenchConfig, run_bench
+    from moatkit.app.bench import BenchConfig, run_bench
 
     results = run_bench(BenchConfig(repeats=1, model_base_path=str(tmp_path / "none"), out_dir=str(tmp_path),
                                     benchmarks=["serve", "finetune"], finetune_examples=96, finetune_epochs=1,

@@ -2,7 +2,7 @@
 reference, JSON + markdown (the real numbers come from `make bench` on the MR model)."""
 import json
 
-from app.bench import BenchConfig, run_bench
+from moatkit.app.bench import BenchConfig, run_bench
 from tests import serving_helpers as models
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import build_parser
+from moatkit.app.cli import build_parser
 
 VERBS = [["data"], ["data", "list"], ["data", "fetch"], ["data", "split"], ["data", "prepare"], ["data", "dedup"],
          ["data", "tokenizer"], ["data", "pretraining-examples"], ["data", "label"],
@@ -25,12 +25,12 @@ def test_every_verb_has_help(verb, capsys):
 
 
 def _moat(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moatkit.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
 def test_serve_help_shows_the_tensorflow_model_server_flags():
-    result = subprocess.run([sys.executable, "-m", "serving.server", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "moatkit.serving.server", "--help"], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0
     for flag in ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file"):

@@ -6,7 +6,6 @@ the same assertions: only behaviour both servers share is asserted on those.
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.process import ServerProcess
+from moatkit.serving.process import ServerProcess
 from tests.serving_helpers import (MOAT, REAL, REAL_SERVER_ENV, copy_version, example_x, model_config,
                                    real_server_binary, save_half_plus, save_half_plus_tf1, start_server,
                                    write_warmup_logs)

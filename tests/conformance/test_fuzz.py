@@ -5,7 +5,6 @@ and gRPC requests (random TensorProtos, dtypes, shapes, specs, examples, undecod
 Every answer must be a well-formed client error or success: no 5xx / INTERNAL / UNKNOWN (TF Serving documents
 none for malformed input), no dropped connection, and the server must still serve correctly afterwards.
 The default suite sends FUZZ_REQUESTS requests per API; the slow-marked run sends SLOW_FUZZ_REQUESTS."""
-from app import env as _env  # noqa: F401
 
 import gzip
 import http.client

@@ -2,7 +2,6 @@
 the tests, against a live server: status, metadata, classify, regress, predict (gRPC, REST row and columnar),
 multi-inference, several models from one config file, version labels, and the exact error codes and messages
 for unknown models, versions, labels and signatures."""
-from app import env as _env  # noqa: F401
 
 import threading
 

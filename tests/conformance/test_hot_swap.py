@@ -2,7 +2,6 @@
 while version 2 (half-plus-three) appears beside version 1 (half-plus-two) under the latest-version policy;
 no request fails and answers switch to version 2. Then a corrupt version 3 appears: version 2 keeps serving and
 GetModelStatus reports version 3's load failure."""
-from app import env as _env  # noqa: F401
 
 import os
 import shutil

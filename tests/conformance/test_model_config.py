@@ -1,7 +1,6 @@
 """--model_config_file handling, as in TF Serving's testGoodModelConfig / testBadModelConfig /
 testModelConfigReload: several models from one file, a malformed file stops the server with protobuf's parse
 message, and a rewritten file is picked up after --model_config_file_poll_wait_seconds."""
-from app import env as _env  # noqa: F401
 
 import grpc
 import numpy as np
@@ -10,7 +9,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from app.errors import MoatError
+from moatkit.serving.errors import ServerError
 from tests.serving_helpers import copy_version, make_server, model_config, start_server, wait_for
 
 
@@ -26,7 +25,7 @@ def test_bad_model_config_stops_the_server(server_kind, tmp_path):
     config = tmp_path / "bad_model_config.txt"
     config.write_text("improperly formatted file\n")
     server = make_server(server_kind, model_config_file=config, timeout=120)
-    with pytest.raises(MoatError, match="did not start"):
+    with pytest.raises(ServerError, match="did not start"):
         server.start()
     assert server.process.returncode != 0
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in server.output()

@@ -1,6 +1,5 @@
 """Observability on the live server: Prometheus metrics (request and batching counters), warmup replay before a
 version is served, and (moat-model-server) the grpc.health.v1 service."""
-from app import env as _env  # noqa: F401
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -1,7 +1,6 @@
 """Safety of moat-model-server: request size limits (REST 413, gRPC RESOURCE_EXHAUSTED, also for tiny protos
 that declare huge tensors and for gzip bombs), model names that cannot reach outside the configured base paths,
 and graceful shutdown on SIGTERM (in-flight requests finish, new connections are refused)."""
-from app import env as _env  # noqa: F401
 
 import gzip
 import http.client as http_client
@@ -18,10 +17,10 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from app.errors import ConfigError
-from serving import client
-from serving.model_manager import configs_from_text
-from serving.server import FlagError, parse_flags, validate
+from moatkit.serving.errors import ServingConfigError
+from moatkit.serving import client
+from moatkit.serving.model_manager import configs_from_text
+from moatkit.serving.server import FlagError, parse_flags, validate
 from tests.serving_helpers import copy_version, http, model_config, save_slow_model, start_server, wait_for
 
 LIMIT = 1 << 20  # 1 MiB for both APIs on this server
@@ -133,7 +132,7 @@ def test_limit_flags_are_validated():
 
 def test_model_names_cannot_escape_base_paths(guarded, tmp_path):
     for name in ("../default", "..", "default/../slow", "/etc/passwd"):
-        with pytest.raises(ConfigError, match="may not contain"):
+        with pytest.raises(ServingConfigError, match="may not contain"):
             configs_from_text(model_config([(name, tmp_path, "")]))
     with pytest.raises(FlagError, match="not a usable model name"):
         validate(parse_flags([f"--model_base_path={tmp_path}", "--model_name=../x"]))

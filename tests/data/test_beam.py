@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from app.config import dump_yaml
-from data.dataset import read_manifest, read_records, write_dataset
-from data.dedup import DedupConfig, dedup_dataset
-from data.fetch import fetch
-from data.prepare import PrepareConfig, prepare
-from data.readers import SourceConfig
+from moatkit.data.core.config import dump_yaml
+from moatkit.data.dataset import read_manifest, read_records, write_dataset
+from moatkit.data.dedup import DedupConfig, dedup_dataset
+from moatkit.data.fetch import fetch
+from moatkit.data.prepare import PrepareConfig, prepare
+from moatkit.data.readers import SourceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BEAM_PYTHON = Path(os.environ.get("MOAT_BEAM_PYTHON", ROOT / ".venv-beam" / "bin" / "python"))
@@ -34,14 +34,14 @@ def _private_network() -> list[str]:
 
 
 def _start_beam(calls: list[list[str]]) -> subprocess.Popen:
-    """`python -m data.beam_pipeline` for each argv in one process; the last stdout line is
+    """`python -m moatkit.data.beam_pipeline` for each argv in one process; the last stdout line is
     {"codes": [exit code per call], "protobuf": version, "tensorflow": imported?}."""
-    script = ("import json, sys, google.protobuf; from data.beam_pipeline import main; "
+    script = ("import json, sys, google.protobuf; from moatkit.data.beam_pipeline import main; "
               f"codes = [main(argv + ['--runner', 'DirectRunner']) for argv in {calls!r}]; "
               "print(json.dumps({'codes': codes, 'protobuf': google.protobuf.__version__, "
               "'tensorflow': 'tensorflow' in sys.modules}))")
     return subprocess.Popen(_private_network() + [str(BEAM_PYTHON), "-c", script], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _dedup_input(tmp: Path, mr_dir: Path) -> list[dict]:

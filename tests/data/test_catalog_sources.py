@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from data import catalog
-from data.dataset import read_manifest, read_records
-from data.fetch import fetch
-from data.sources import _brown_detag, parse_imdb, parse_movie_dialog, snippet_parser
+from moatkit.data import catalog
+from moatkit.data.dataset import read_manifest, read_records
+from moatkit.data.fetch import fetch
+from moatkit.data.sources import _brown_detag, parse_imdb, parse_movie_dialog, snippet_parser
 
 
 def test_snippet_parsers_read_csv_gz_and_tsv_like_mr():

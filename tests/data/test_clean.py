@@ -3,12 +3,12 @@ import collections
 
 import pytest
 
-from app.config import load_config
-from app.errors import ConfigError
-from data.clean import CleanConfig, clean_record, identify_language, normalize_text, quality_signals
-from data.dataset import read_records
-from data.fetch import fetch
-from data.pii import luhn_ok, redact_pii
+from moatkit.data.core.config import load_config
+from moatkit.data.core.errors import ConfigError
+from moatkit.data.clean import CleanConfig, clean_record, identify_language, normalize_text, quality_signals
+from moatkit.data.dataset import read_records
+from moatkit.data.fetch import fetch
+from moatkit.data.pii import luhn_ok, redact_pii
 
 
 def test_normalize_repairs_mojibake_entities_nfkc_controls_and_whitespace():
@@ -90,7 +90,7 @@ def test_config_from_yaml_and_overrides(tmp_path):
 
 
 def test_language_id_matches_langid_classify():
-    from data.clean import _identifier
+    from moatkit.data.clean import _identifier
     reference = _identifier()  # langid's own (dense) classify on the same model
     for text in ["A sour little movie.", "Das ist ein deutscher Satz über Filme.", "¿Dónde está la biblioteca?"]:
         code, probability = identify_language(text)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from app.errors import ConfigError
-from data.dataset import read_records, write_dataset
-from data.dedup import (DedupConfig, bench_dedup, deduplicate, evaluate_near_dup, exact_key, lsh_band_keys,
+from moatkit.data.core.errors import ConfigError
+from moatkit.data.dataset import read_records, write_dataset
+from moatkit.data.dedup import (DedupConfig, bench_dedup, deduplicate, evaluate_near_dup, exact_key, lsh_band_keys,
                         normalize, record_text, shingles, jaccard)
 
 
@@ -107,7 +107,7 @@ def test_near_dup_recall_and_precision_on_planted_mr_edits(mr_dir):
 
 
 def test_cli_dedup_writes_an_accounted_dataset_dir(tmp_path, mr_dir, capsys):
-    from app.cli import main
+    from moatkit.app.cli import main
 
     source = read_records(mr_dir)[:300]
     planted = [{**source[i], "id": f"copy-{i}", "text": source[i]["text"].upper() + " !!"} for i in range(0, 60, 3)]

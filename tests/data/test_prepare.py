@@ -4,13 +4,13 @@ import struct
 
 import pytest
 
-from app.cli import main
-from app.errors import ConfigError, DataError
-from data import prepare as prepare_module
-from data.dataset import read_manifest, read_records, sha256_file
-from data.fetch import fetch
-from data.prepare import PrepareConfig, prepare
-from data.readers import SourceConfig
+from moatkit.app.cli import main
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data import prepare as prepare_module
+from moatkit.data.dataset import read_manifest, read_records, sha256_file
+from moatkit.data.fetch import fetch
+from moatkit.data.prepare import PrepareConfig, prepare
+from moatkit.data.readers import SourceConfig
 
 
 def _events(logdir):

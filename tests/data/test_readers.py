@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.errors import DataError
-from data.readers import SourceConfig, read_source, source_name
+from moatkit.data.core.errors import DataError
+from moatkit.data.readers import SourceConfig, read_source, source_name
 
 
 def _read(uri, **kwargs):
@@ -144,7 +144,7 @@ def test_catalog_source_carries_the_fetch_drops(mr_dir):
 
 
 def test_a_dataset_dir_source_reads_its_shards_and_not_its_logs(tmp_path):
-    from data.dataset import write_dataset
+    from moatkit.data.dataset import write_dataset
     out = tmp_path / "reviews"
     write_dataset(out, [{"id": "r1", "text": "a fine film", "source": "mr"}], name="reviews", provenance={},
                   license="test")

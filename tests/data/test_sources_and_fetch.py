@@ -4,11 +4,11 @@ import zipfile
 
 import pytest
 
-from app.errors import DataError
-from data import catalog
-from data.dataset import read_manifest, read_records, sha256_file
-from data.fetch import fetch
-from data.sources import parse_mr, parse_trec, parse_trec_official
+from moatkit.data.core.errors import DataError
+from moatkit.data import catalog
+from moatkit.data.dataset import read_manifest, read_records, sha256_file
+from moatkit.data.fetch import fetch
+from moatkit.data.sources import parse_mr, parse_trec, parse_trec_official
 
 MR_FIXTURE = (
     "id\tsentiment\ttext\r\n"

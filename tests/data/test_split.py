@@ -2,8 +2,8 @@ import collections
 
 import pytest
 
-from data.dataset import read_manifest, read_records, write_dataset
-from data.split import SplitConfig, split_dataset, split_records
+from moatkit.data.dataset import read_manifest, read_records, write_dataset
+from moatkit.data.split import SplitConfig, split_dataset, split_records
 
 
 def _records(n=1000):
@@ -61,7 +61,7 @@ def test_a_given_test_split_is_kept_and_its_repeats_leave_train(tmp_path):
 
 
 def test_cached_splits_follow_the_config_and_the_source(tmp_path, monkeypatch):
-    from data.split import ensure_splits
+    from moatkit.data.split import ensure_splits
 
     monkeypatch.setenv("MOAT_HOME", str(tmp_path / "home"))
     write_dataset(tmp_path / "src", _records(), name="toy", provenance={}, license="CC0")
@@ -76,6 +76,6 @@ def test_cached_splits_follow_the_config_and_the_source(tmp_path, monkeypatch):
 
 
 def test_bad_fractions():
-    from app.errors import ConfigError
+    from moatkit.data.core.errors import ConfigError
     with pytest.raises(ConfigError, match="dev \\+ test < 1"):
         SplitConfig(dev=0.5, test=0.6).validate()

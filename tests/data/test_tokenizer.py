@@ -4,9 +4,9 @@ import unicodedata
 
 import pytest
 
-from app.errors import ConfigError, DataError, ModelError
-from data.dataset import read_records, write_dataset
-from data.tokenizer import SPECIAL_TOKENS, TokenizerConfig, in_graph_parity, load_tokenizer, train_tokenizer
+from moatkit.data.core.errors import ConfigError, DataError, ModelError
+from moatkit.data.dataset import read_records, write_dataset
+from moatkit.data.tokenizer import SPECIAL_TOKENS, TokenizerConfig, in_graph_parity, load_tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_bert_layout_and_hf_loading(uncased):
 
 def test_in_graph_tokenizer_matches_on_held_out_text(uncased, mr_parts):
     """Held-out MR (2,114 sentences) plus TREC questions (5,381): ids identical to BertTokenizerFast's."""
-    from data.fetch import fetch
+    from moatkit.data.fetch import fetch
 
     out, report = uncased
     assert report["in_graph_parity"]["rate"] >= 0.999
@@ -83,7 +83,7 @@ def test_user_mistakes(mr_parts, tmp_path):
 
 
 def test_cli(mr_parts, tmp_path, capsys):
-    from app.cli import main
+    from moatkit.app.cli import main
 
     assert main(["data", "tokenizer", str(mr_parts[0]), "--out", str(tmp_path), "--vocab-size", "3000",
                  "--set", "parity_sample=0"]) == 0

@@ -4,14 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serving import client
-from serving.process import free_port
+from moatkit.serving import client
+from moatkit.serving.process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _moat(*args):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moatkit.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=180)
 
 
@@ -21,11 +21,11 @@ def test_serve_help_is_the_model_server_help():
 
 
 def test_moat_serve_then_predict(small_run, tmp_path):
-    from serving.export import ExportConfig, export_text_model
+    from moatkit.models.export import ExportConfig, export_text_model
 
     export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path), name="sentiment"))
     grpc_port, rest_port = free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", f"--port={grpc_port}",
+    server = subprocess.Popen([sys.executable, "-m", "moatkit.app.cli", "serve", f"--port={grpc_port}",
                                f"--rest_api_port={rest_port}", "--model_name=sentiment",
                                f"--model_base_path={tmp_path / 'sentiment'}"], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

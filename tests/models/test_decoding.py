@@ -1,12 +1,11 @@
 """Greedy and beam search: cached == uncached tokens, beam scores are the model's own log-probabilities."""
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.decoding import beam_search, greedy_decode, length_penalty
-from models.transformer import Transformer, TransformerConfig
+from moatkit.models.decoding import beam_search, greedy_decode, length_penalty
+from moatkit.models.transformer import Transformer, TransformerConfig
 
 BOS, EOS, PAD = 2, 3, 0
 

@@ -15,7 +15,7 @@ BUDGET = ["--set", "max_train_examples=128", "--set", "max_eval_examples=200", "
 
 def _run(tmp_path, name, *flags):
     run_dir = tmp_path / name
-    result = subprocess.run([sys.executable, "-m", "app.cli", "finetune", *BUDGET, "--set", f"run_dir={run_dir}",
+    result = subprocess.run([sys.executable, "-m", "moatkit.app.cli", "finetune", *BUDGET, "--set", f"run_dir={run_dir}",
                              *flags], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "report.json").read_text())
@@ -50,7 +50,7 @@ def test_mixed_bfloat16_matches_float32(single, tmp_path):
 ])
 def test_auto_precision_follows_the_hardware(monkeypatch, gpu_capability, cpu_bf16, expected):
     import tensorflow as tf
-    from models import distribute
+    from moatkit.models import distribute
 
     real = tf.config.list_physical_devices
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: (

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.finetune import length_grouped_batches
+from moatkit.models.finetune import length_grouped_batches
 
 
 def test_length_grouped_batches_cover_every_example_once():
@@ -51,8 +51,8 @@ def test_tensorboard_scalars_for_train_and_eval(small_run):
 
 
 def test_bad_model_dir_is_a_clear_error(tmp_path):
-    from app.errors import ModelError
-    from models.finetune import resolve_model_dir
+    from moatkit.data.core.errors import ModelError
+    from moatkit.models.finetune import resolve_model_dir
 
     with pytest.raises(ModelError, match="is not an HF model dir"):
         resolve_model_dir(str(tmp_path))
@@ -61,7 +61,7 @@ def test_bad_model_dir_is_a_clear_error(tmp_path):
 def test_float32_loss_takes_labels_in_either_shape():
     import tensorflow as tf
 
-    from models.finetune import Float32Loss
+    from moatkit.models.finetune import Float32Loss
 
     scores = tf.constant([[0.5], [-1.0], [2.0]], tf.bfloat16)
     for targets in (tf.constant([1.0, -1.0, 1.0]), tf.constant([[1.0], [-1.0], [1.0]])):
@@ -75,7 +75,7 @@ def test_float32_loss_takes_labels_in_either_shape():
 def test_layer_decay_scales_each_layers_step_and_ema_is_opt_in():
     import tensorflow as tf
 
-    from models.finetune import FinetuneConfig, LayerwiseAdamW, build_optimizer
+    from moatkit.models.finetune import FinetuneConfig, LayerwiseAdamW, build_optimizer
 
     names = ["bert/embeddings/word_embeddings", "bert/encoder/layer_._0/dense", "bert/encoder/layer_._1/dense",
              "bert/pooler/dense", "classifier"]
@@ -95,7 +95,7 @@ def test_layer_decay_scales_each_layers_step_and_ema_is_opt_in():
 def test_ema_weights_are_scored_and_kept_while_training_goes_on_from_the_raw_ones(tmp_path):
     import tensorflow as tf
 
-    from models.finetune import EvalAndLog
+    from moatkit.models.finetune import EvalAndLog
 
     tf.keras.utils.set_random_seed(0)
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])

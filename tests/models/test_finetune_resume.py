@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from app.errors import ConfigError
-from models.finetune import FinetuneConfig, finetune
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.finetune import FinetuneConfig, finetune
 
 
 class Crash(Exception):

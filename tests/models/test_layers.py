@@ -1,13 +1,12 @@
 """Transformer layers: parity with tf.keras MultiHeadAttention, masks, KV cache, config round trips, mixed precision."""
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.layers import (DecoderLayer, EncoderLayer, FeedForward, LearnedPositionEmbedding, MultiHeadAttention,
+from moatkit.models.layers import (DecoderLayer, EncoderLayer, FeedForward, LearnedPositionEmbedding, MultiHeadAttention,
                            SinusoidalPositionEmbedding)
-from models.layers.attention import MASK_VALUE
+from moatkit.models.layers.attention import MASK_VALUE
 
 
 def _copy_keras_mha(keras_mha, ours, num_heads, key_dim):

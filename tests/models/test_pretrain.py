@@ -3,7 +3,7 @@ baseline and writes TensorBoard, report.json and an HF dir `moat finetune` loads
 MirroredStrategy over 2 logical CPUs and a 2-process MultiWorkerMirroredStrategy cluster follow the one-device loss
 trajectory; mixed precision stays close to float32; a run killed with SIGKILL resumes to the uninterrupted result.
 
-Runs that need a fresh process (logical devices, TF_CONFIG, SIGKILL) go through `python -m app.cli pretrain`."""
+Runs that need a fresh process (logical devices, TF_CONFIG, SIGKILL) go through `python -m moatkit.app.cli pretrain`."""
 import dataclasses
 import json
 import os
@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.config import load_config
-from app.errors import ConfigError, DataError
-from data.dataset import read_records, write_dataset
-from data.pretraining import PretrainingConfig, build_pretraining_examples
-from data.tokenizer import TokenizerConfig, train_tokenizer
-from models.bert import BertConfig
-from models.pretrain import PretrainConfig, pretrain
+from moatkit.data.core.config import load_config
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import read_records, write_dataset
+from moatkit.data.pretraining import PretrainingConfig, build_pretraining_examples
+from moatkit.data.tokenizer import TokenizerConfig, train_tokenizer
+from moatkit.models.bert import BertConfig
+from moatkit.models.pretrain import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
@@ -58,7 +58,7 @@ def _config(examples, run_dir, **overrides) -> PretrainConfig:
 def _cli(config: PretrainConfig, *extra: str, workers: int = 0, network_namespace: bool = False,
          timeout: int = 600) -> subprocess.CompletedProcess:
     sets = [f"{k}={v}" for k, v in _flat(dataclasses.asdict(config)).items() if v is not None]
-    command = [sys.executable, "-m", "app.cli", "pretrain", *sum((["--set", s] for s in sets), []), *extra]
+    command = [sys.executable, "-m", "moatkit.app.cli", "pretrain", *sum((["--set", s] for s in sets), []), *extra]
     if workers:
         command += ["--workers", str(workers)]
     if network_namespace:  # TF's gRPC servers listen on all interfaces: keep them off the host's network
@@ -108,7 +108,7 @@ def _tags(run_dir: Path) -> dict[str, set]:
 
 def test_learns_beyond_unigram_baseline_and_writes_the_run_dir(examples, tmp_path):
     from transformers import BertTokenizerFast, TFBertForSequenceClassification
-    from models.finetune import resolve_model_dir
+    from moatkit.models.finetune import resolve_model_dir
 
     run_dir = tmp_path / "run"
     model = dataclasses.replace(TINY, hidden_size=64, intermediate_size=256)
@@ -182,7 +182,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(examples, tmp_path):
     config = _config(examples, tmp_path / "killed", steps=60, checkpoint_every=5, log_every=5, histogram_every=0)
     state = tmp_path / "killed" / "checkpoints" / "state.json"
     sets = [x for k, v in _flat(dataclasses.asdict(config)).items() if v is not None for x in ("--set", f"{k}={v}")]
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "pretrain", *sets], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "moatkit.app.cli", "pretrain", *sets], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600
@@ -237,7 +237,7 @@ def test_time_budget_sizes_the_schedule(examples, tmp_path):
 
 
 def test_a_slower_pace_shortens_the_plan_and_a_spent_budget_ends_it_next_step():
-    from models.pretrain import fitting_steps
+    from moatkit.models.pretrain import fitting_steps
 
     assert fitting_steps(step=100, seconds_left=600, step_seconds=1.0, max_steps=None) == 700
     assert fitting_steps(step=100, seconds_left=600, step_seconds=1.2, max_steps=None) == 600  # steps slowed
@@ -248,8 +248,8 @@ def test_a_slower_pace_shortens_the_plan_and_a_spent_budget_ends_it_next_step():
 
 def test_weight_decay_skips_layer_norm_and_biases(examples):
     import tensorflow as tf
-    from models.bert import BertPretrainer
-    from models.pretrain import BudgetedWarmupDecay, build_optimizer
+    from moatkit.models.bert import BertPretrainer
+    from moatkit.models.pretrain import BudgetedWarmupDecay, build_optimizer
 
     model = BertPretrainer(dataclasses.replace(TINY, vocab_size=1000)).build_weights()
     optimizer = build_optimizer(_config(examples, "unused"), BudgetedWarmupDecay(peak=1e-3))
@@ -281,7 +281,7 @@ def test_config_mistakes_are_one_line_errors(examples, tmp_path):
 
 
 def test_cli_help_and_print_config():
-    result = subprocess.run([sys.executable, "-m", "app.cli", "pretrain", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "moatkit.app.cli", "pretrain", "--help"], capture_output=True, text=True,
                             cwd=ROOT)
     assert result.returncode == 0 and "--workers" in result.stdout and "--precision" in result.stdout
     shipped = load_config(PretrainConfig, ROOT / "app" / "configs" / "pretrain-small.yaml")
@@ -294,7 +294,7 @@ def test_transfer_check_fine_tunes_pretrained_and_random_init(exact_reference, t
     """Both fine-tunes run on the same MR split; the random-init one really starts from fresh weights (with a
     1e-6 learning rate the pretrained run's embeddings stay put, the random run's are unrelated to them)."""
     import h5py
-    from models.transfer import TransferConfig, add_transfer_to_report
+    from moatkit.models.transfer import TransferConfig, add_transfer_to_report
 
     run_dir = Path(exact_reference["config"]["run_dir"])
     config = TransferConfig(task="mr-polarity", epochs=1, learning_rate=1e-6, max_train_examples=96,

@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def intensity_run(tmp_path_factory, minilm_dir, mr_dir):
-    from models.finetune import FinetuneConfig, finetune
+    from moatkit.models.finetune import FinetuneConfig, finetune
 
     run_dir = tmp_path_factory.mktemp("intensity") / "run"
     return finetune(FinetuneConfig(task="mr-intensity", run_dir=str(run_dir), max_train_examples=800,
@@ -22,7 +22,7 @@ def test_regression_metrics(intensity_run):
 def test_regress_signature_matches_predict(intensity_run, tmp_path):
     import tensorflow as tf
 
-    from serving.export import ExportConfig, export_text_model
+    from moatkit.models.export import ExportConfig, export_text_model
 
     exported = export_text_model(ExportConfig(model_dir=intensity_run["saved_model_dir"], repo=str(tmp_path),
                                               name="intensity"))

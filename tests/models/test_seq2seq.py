@@ -1,5 +1,4 @@
 """Translation on real Bible verse pairs: data split, tokenizer, loss, baselines, training smoke + resume, export."""
-from app import env as _env  # noqa: F401
 
 import dataclasses
 import json
@@ -10,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.errors import ConfigError
-from models.seq2seq_data import EOS_ID, SPECIALS, SubwordTokenizer, load_pairs, split_pairs, train_vocab
-from models.seq2seq_train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline, masked_loss_and_accuracy,
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.seq2seq_data import EOS_ID, SPECIALS, SubwordTokenizer, load_pairs, split_pairs, train_vocab
+from moatkit.models.seq2seq_train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline, masked_loss_and_accuracy,
                                   train_seq2seq)
-from models.transformer import TransformerConfig
+from moatkit.models.transformer import TransformerConfig
 
 SENTENCES = ["Im Anfang schuf Gott Himmel und Erde.", "Und Gott sprach: Es werde Licht!"]
 
@@ -111,7 +110,7 @@ def test_training_smoke_loss_goes_down_and_resumes(trained):
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    from models.seq2seq_export import Seq2SeqExportConfig, export_translator
+    from moatkit.models.seq2seq_export import Seq2SeqExportConfig, export_translator
 
     run_dir, _, _ = trained
     repo = tmp_path_factory.mktemp("repo")
@@ -131,8 +130,8 @@ def test_export_takes_raw_strings(exported):
 @pytest.mark.slow
 def test_export_serves_the_same_translations_over_rest_and_grpc(exported):
     """moat-model-server is a fresh process: it must reload the SavedModel and answer exactly as in-process."""
-    from serving import client
-    from serving.process import ServerProcess
+    from moatkit.serving import client
+    from moatkit.serving.process import ServerProcess
 
     repo, _, translations = exported
     with ServerProcess(model_name="translate", model_base_path=repo / "translate") as server:
@@ -156,7 +155,7 @@ def test_resume_matches_an_uninterrupted_run(trained, tmp_path):
 
 
 def test_cli_train_seq2seq_help_and_bad_key(capsys):
-    from app.cli import build_parser, main
+    from moatkit.app.cli import build_parser, main
 
     help_text = build_parser()._subparsers._group_actions[0].choices["train-seq2seq"].format_help()
     assert "--export REPO" in help_text and "BLEU" in help_text

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ConfigError
-from models.finetune import FinetuneConfig
-from models.sweep import parse_grid, run_sweep
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.finetune import FinetuneConfig
+from moatkit.models.sweep import parse_grid, run_sweep
 
 
 def test_parse_grid_errors():

@@ -1,11 +1,11 @@
 """Task definitions and bad-input errors: each is one clear line, raised before any model is loaded."""
 import pytest
 
-from app.config import load_config
-from app.errors import ConfigError, DataError
-from data.dataset import write_dataset
-from models.finetune import FinetuneConfig, load_task_data
-from models.tasks import get_task
+from moatkit.data.core.config import load_config
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import write_dataset
+from moatkit.models.finetune import FinetuneConfig, load_task_data
+from moatkit.models.tasks import get_task
 
 
 def _write_splits(root, rows_by_split):
@@ -77,7 +77,7 @@ def test_regression_needs_numbers(tmp_path):
 
 
 def test_trec50_stratifies_by_fine_label(minilm_dir):
-    from data.fetch import fetch
+    from moatkit.data.fetch import fetch
     fetch("trec-official")
     _, splits, labels = load_task_data(FinetuneConfig(task="trec-50"), get_task("trec-50"))
     assert len(labels) >= 45 and all(":" in label for label in labels)

@@ -1,7 +1,6 @@
 """Fixtures for the serving unit tests; the model builders live in tests/serving_helpers.py."""
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import pytest
 

@@ -1,6 +1,5 @@
 """serving/batching.py: BatchingParameters parsing and the batch scheduler (merge, pad, split, errors, overflow),
 plus tensorflow_model_server-style flag parsing."""
-from app import env as _env  # noqa: F401
 
 import threading
 import time
@@ -8,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from app.errors import ConfigError
-from serving import batching
-from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
-from serving.model_manager import ModelManager
-from serving.server import FlagError, parse_flags
-from serving.tensors import ServingError
+from moatkit.serving.errors import ServingConfigError
+from moatkit.serving import batching
+from moatkit.serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
+from moatkit.serving.model_manager import ModelManager
+from moatkit.serving.server import FlagError, parse_flags
+from moatkit.serving.tensors import ServingError
 
 from tests import serving_helpers as _models
 
@@ -51,7 +50,7 @@ def test_parses_tf_serving_batching_parameters_text():
     ("num_batch_threads { value: 0 }", "num_batch_threads must be positive, got 0"),
 ])
 def test_rejects_bad_batching_parameters(text, fragment):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ServingConfigError) as err:
         parse_batching_parameters(text, source="b.config")
     assert fragment in str(err.value) and str(err.value).startswith("b.config: ")
 
@@ -202,7 +201,7 @@ def test_queue_overflow_is_unavailable_and_oversized_task_is_invalid():
 
 def test_batched_servable_matches_unbatched_and_calls_signature_less(tmp_path, model_templates):
     install_version(model_templates, str(tmp_path / "m"), 1)
-    from serving.model_manager import ModelConfig
+    from moatkit.serving.model_manager import ModelConfig
 
     config = [ModelConfig(name="m", base_path=str(tmp_path / "m"))]
     plain = ModelManager(config, poll_wait_seconds=0)

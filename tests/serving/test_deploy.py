@@ -1,14 +1,13 @@
 """serving/deploy/: the docker-compose file and Kubernetes manifests for the official tensorflow/serving image."""
-from app import env as _env  # noqa: F401
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from serving.batching import parse_batching_parameters
-from serving.model_manager import configs_from_text
-from serving.server import _prometheus_path, parse_flags
+from moatkit.serving.batching import parse_batching_parameters
+from moatkit.serving.model_manager import configs_from_text
+from moatkit.serving.server import _prometheus_path, parse_flags
 
 DEPLOY = Path(__file__).resolve().parents[2] / "serving" / "deploy"
 IMAGE = "tensorflow/serving:2.18.0"

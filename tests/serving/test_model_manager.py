@@ -1,4 +1,3 @@
-from app import env as _env  # noqa: F401
 
 import os
 import threading
@@ -8,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.model_manager import ModelConfig, ModelManager, configs_from_text
-from serving.tensors import ServingError
+from moatkit.serving.model_manager import ModelConfig, ModelManager, configs_from_text
+from moatkit.serving.tensors import ServingError
 from tests.serving_helpers import expected_probs, install_version, make_broken_version, write_warmup
 
 

@@ -1,5 +1,4 @@
 """Request logging in-process: REST :classify/:regress/:predict calls logged as the matching request protos."""
-from app import env as _env  # noqa: F401
 
 import glob
 import json
@@ -7,9 +6,9 @@ import json
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.grpc_service import PredictionService
-from serving.model_manager import ModelManager, configs_from_text
-from serving.rest import RestApi
+from moatkit.serving.grpc_service import PredictionService
+from moatkit.serving.model_manager import ModelManager, configs_from_text
+from moatkit.serving.rest import RestApi
 
 from tests import serving_helpers as _models
 

@@ -1,4 +1,3 @@
-from app import env as _env  # noqa: F401
 
 import base64
 import json
@@ -7,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import tensors
-from serving.tensors import COLUMNAR, ROW, ServingError
+from moatkit.serving import tensors
+from moatkit.serving.tensors import COLUMNAR, ROW, ServingError
 
 
 def test_row_format_single_input_strings_and_b64():

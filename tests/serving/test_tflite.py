@@ -1,5 +1,4 @@
 """--prefer_tflite_model: a version's model.tflite is served by the TFLite interpreter over REST and gRPC."""
-from app import env as _env  # noqa: F401
 
 import json
 import threading
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import client
-from serving.process import free_port
+from moatkit.serving import client
+from moatkit.serving.process import free_port
 
 X = [1.0, 2.0, 5.0]
 
@@ -40,7 +39,7 @@ def half_plus_repo(tmp_path_factory):
 
 
 def _server(base, *flags):
-    from serving.server import ModelServer, parse_flags, validate
+    from moatkit.serving.server import ModelServer, parse_flags, validate
 
     options = parse_flags([f"--port={free_port()}", f"--rest_api_port={free_port()}", "--model_name=half_plus",
                            f"--model_base_path={base}", "--file_system_poll_wait_seconds=0", *flags])
@@ -82,8 +81,8 @@ def test_rest_and_grpc_answer_from_the_preferred_engine(half_plus_repo, flags, o
 
 
 def test_tflite_servable_runs_batched_concurrent_requests(half_plus_repo):
-    from serving.batching import BatchingParameters, BatchScheduler
-    from serving.tflite_servable import TFLiteServable
+    from moatkit.serving.batching import BatchingParameters, BatchScheduler
+    from moatkit.serving.tflite_servable import TFLiteServable
 
     batcher = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=20_000))
     servable = TFLiteServable(name="half_plus", version=1, path=str(half_plus_repo / "1"), batcher=batcher)
@@ -108,9 +107,9 @@ def test_tflite_servable_runs_batched_concurrent_requests(half_plus_repo):
 def test_mr_model_tflite_variant_matches_saved_model(small_run, mr_dir, tmp_path):
     """The fine-tuned MiniLM exported with tflite=true: raw strings in, probabilities within 1e-3 of the
     SavedModel's on real MR sentences (tokenized in the TFLite graph by tensorflow_text kernels)."""
-    from data.dataset import read_records
-    from serving.export import ExportConfig, export_text_model
-    from serving.tflite_servable import TFLiteServable
+    from moatkit.data.dataset import read_records
+    from moatkit.models.export import ExportConfig, export_text_model
+    from moatkit.serving.tflite_servable import TFLiteServable
 
     result = export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path),
                                             name="sentiment", tflite=True))
@@ -128,8 +127,8 @@ def test_mr_model_tflite_variant_matches_saved_model(small_run, mr_dir, tmp_path
 
 
 def test_tflite_tokenizer_matches_saved_model_tokenizer(minilm_dir):
-    from serving.export import TFLiteBertTokenizer
-    from serving.text_tokenizer import InGraphBertTokenizer
+    from moatkit.models.export import TFLiteBertTokenizer
+    from moatkit.data.text_tokenizer import InGraphBertTokenizer
 
     vocab = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     base = InGraphBertTokenizer(vocab=vocab, max_length=12)

@@ -7,7 +7,7 @@ model untangles. Run:
 """
 import re
 
-from data.labeling.weak import ABSTAIN, labeling_function
+from moatkit.data.labeling.weak import ABSTAIN, labeling_function
 
 _NOUNS = {
     "LOC": r"country|countries|city|cities|state|continent|capital|river|mountain|island|county|province|place|ocean|lake",

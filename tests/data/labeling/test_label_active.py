@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from app.errors import DataError
-from data.dataset import read_records
-from data.labeling.active import export_for_annotation, informativeness, merge_annotations, read_annotations, select
-from data.labeling.baseline import TextClassifier, label_indices
+from moatkit.data.core.errors import DataError
+from moatkit.data.dataset import read_records
+from moatkit.data.labeling.active import export_for_annotation, informativeness, merge_annotations, read_annotations, select
+from moatkit.data.labeling.baseline import TextClassifier, label_indices
 
 LABELS = ["negative", "positive"]
 

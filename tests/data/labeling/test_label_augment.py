@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from app.cli import main
-from app.errors import ConfigError, DataError
-from data.dataset import read_manifest, read_records, write_dataset
-from data.labeling.augment import AugmentConfig, EmbeddingSynonyms, augment_records, augment_text
+from moatkit.app.cli import main
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import read_manifest, read_records, write_dataset
+from moatkit.data.labeling.augment import AugmentConfig, EmbeddingSynonyms, augment_records, augment_text
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_augment_dataset_keeps_labels_and_refuses_eval_splits(mr_dir, minilm_dir
     write_dataset(test, records, name="mr-test", labels=["negative", "positive"], provenance={"split": "test"},
                   license="research")
     with pytest.raises(DataError, match="is a test split"):
-        from data.labeling.augment import run_augment
+        from moatkit.data.labeling.augment import run_augment
         run_augment(test, tmp_path / "leak", AugmentConfig())
     assert main(["data", "label", "augment", str(test), "--out", str(tmp_path / "leak")]) == 2
     with pytest.raises(ConfigError, match="unknown augmentation operation"):

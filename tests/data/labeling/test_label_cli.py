@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from app.cli import main
-from data.dataset import read_manifest, read_records, write_dataset
+from moatkit.app.cli import main
+from moatkit.data.dataset import read_manifest, read_records, write_dataset
 
 LABELS = ["negative", "positive"]
 
@@ -36,7 +36,7 @@ def test_select_merge_weak_cycle(mr_dir, tmp_path, capsys):
     assert sum(1 for r in read_records(tmp_path / "v2") if r.get("label")) == 65
 
     lfs = tmp_path / "lfs.py"
-    lfs.write_text("from data.labeling.weak import ABSTAIN, labeling_function\n\n"
+    lfs.write_text("from moatkit.data.labeling.weak import ABSTAIN, labeling_function\n\n"
                    "@labeling_function()\ndef praise(text):\n"
                    "    return 'positive' if any(w in text.lower() for w in ('best', 'great', 'funny')) else ABSTAIN\n\n"
                    "@labeling_function()\ndef scorn(text):\n"

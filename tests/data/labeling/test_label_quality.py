@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from app.cli import main
-from data.dataset import read_records, write_dataset
-from data.labeling.baseline import label_indices
-from data.labeling.quality import likely_mislabeled, mr_ratings, rater_agreement
+from moatkit.app.cli import main
+from moatkit.data.dataset import read_records, write_dataset
+from moatkit.data.labeling.baseline import label_indices
+from moatkit.data.labeling.quality import likely_mislabeled, mr_ratings, rater_agreement
 
 LABELS = ["negative", "positive"]
 

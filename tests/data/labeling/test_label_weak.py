@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import ConfigError, DataError
-from data.dataset import read_manifest, read_records
-from data.labeling.weak import (ABSTAIN, DawidSkene, LabelingFunction, WeakConfig, apply_lfs, labeling_function,
+from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.dataset import read_manifest, read_records
+from moatkit.data.labeling.weak import (ABSTAIN, DawidSkene, LabelingFunction, WeakConfig, apply_lfs, labeling_function,
                                 load_lfs, majority_vote, run_weak, weak_label)
 
 TREC_LFS = Path(__file__).resolve().parents[3] / "data" / "labeling" / "examples" / "trec_lfs.py"
@@ -15,7 +15,7 @@ TREC_LFS = Path(__file__).resolve().parents[3] / "data" / "labeling" / "examples
 
 @pytest.fixture(scope="module")
 def trec_dir():
-    from data.fetch import fetch
+    from moatkit.data.fetch import fetch
     return fetch("trec")
 
 

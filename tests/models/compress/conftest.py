@@ -2,7 +2,6 @@
 vocab) fine-tuned with models.finetune on 1,600 MR sentences (~0.70 test accuracy on 200), so every method runs on
 a real model in seconds. Its layers are random-init; the word embeddings are MiniLM's projected onto their first
 32 principal components: from a fully random init the same budget stays at the majority class (measured)."""
-from app import env as _env  # noqa: F401
 
 import dataclasses
 
@@ -19,7 +18,7 @@ def tiny_run(tmp_path_factory, minilm_dir, mr_dir):
     import tensorflow as tf
     from transformers import BertConfig, BertTokenizerFast, TFBertForSequenceClassification
 
-    from models.finetune import FinetuneConfig, finetune
+    from moatkit.models.finetune import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("tiny_bert")
     init = root / "init"
@@ -45,7 +44,7 @@ def tiny_run(tmp_path_factory, minilm_dir, mr_dir):
 @pytest.fixture
 def tiny_config(tiny_run, tmp_path):
     """A CompressConfig on the tiny baseline with small budgets; tests replace fields with dataclasses.replace."""
-    from models.compress.base import CompressConfig
+    from moatkit.models.compress.base import CompressConfig
 
     def make(**overrides):
         config = CompressConfig(model_dir=str(tiny_run / "model"), max_train_examples=TINY_TRAIN,
@@ -60,7 +59,7 @@ def tiny_config(tiny_run, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_context(tiny_run, tmp_path_factory):
     """One loaded context shared by the method tests (each writes under its own method dir)."""
-    from models.compress.base import CompressConfig, load_context
+    from moatkit.models.compress.base import CompressConfig, load_context
 
     out = tmp_path_factory.mktemp("compress_shared")
     return load_context(CompressConfig(model_dir=str(tiny_run / "model"), max_train_examples=TINY_TRAIN,

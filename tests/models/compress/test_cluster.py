@@ -1,14 +1,13 @@
 """Weight clustering on the tiny real baseline: ≤ k distinct values per clustered kernel after fine-tuning and after
 a reload, an accuracy bound, a smaller gzip; 1-D k-means recovers known centres."""
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import pytest
 
-from app.errors import ConfigError
-from models.compress.base import ClusterSettings, token_id_function
-from models.compress.cluster import compress, kmeans_1d, unique_values
-from models.compress.prune import block_kernels, word_embeddings
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.compress.base import ClusterSettings, token_id_function
+from moatkit.models.compress.cluster import compress, kmeans_1d, unique_values
+from moatkit.models.compress.prune import block_kernels, word_embeddings
 
 
 def accuracy(model, context) -> float:

@@ -1,6 +1,5 @@
 """Distillation on the tiny fine-tuned BERT (2 layers): the student's shape and init, and that training moves it
 towards the teacher."""
-from app import env as _env  # noqa: F401
 
 import json
 import math
@@ -8,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from app.errors import ConfigError
-from models.compress.base import DistillSettings
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.compress.base import DistillSettings
 
 
 def test_student_layer_map_keeps_the_last_layer():
-    from models.compress.distill import student_layer_map
+    from moatkit.models.compress.distill import student_layer_map
 
     assert student_layer_map(6, 3) == [1, 3, 5]
     assert student_layer_map(6, 2) == [2, 5]
@@ -24,7 +23,7 @@ def test_student_layer_map_keeps_the_last_layer():
 
 
 def test_student_has_requested_layers_and_copies_teacher_weights(tiny_context):
-    from models.compress.distill import build_student
+    from moatkit.models.compress.distill import build_student
 
     teacher = tiny_context.load_baseline()
     student, mapping = build_student(teacher, layers=1)
@@ -43,7 +42,7 @@ def test_student_has_requested_layers_and_copies_teacher_weights(tiny_context):
 
 
 def test_distillation_loss_matches_its_definition():
-    from models.compress.distill import DistillationLoss, UNLABELED
+    from moatkit.models.compress.distill import DistillationLoss, UNLABELED
 
     teacher = np.array([[2.0, -1.0], [0.5, 0.0]], np.float32)
     student = np.array([[0.0, 1.0], [1.0, -1.0]], np.float32)
@@ -62,7 +61,7 @@ def test_distillation_loss_matches_its_definition():
 
 
 def test_distillation_lowers_kl_to_the_teacher(tiny_context):
-    from models.compress import distill
+    from moatkit.models.compress import distill
 
     baseline = tiny_context.load_baseline()
     teacher = distill.build_student(baseline, layers=2)[0]  # a copy we may change
@@ -86,8 +85,8 @@ def test_distillation_lowers_kl_to_the_teacher(tiny_context):
 
 
 def test_compress_exports_the_student_and_filters_unlabeled_text(tiny_context, tmp_path):
-    from data.dataset import write_dataset
-    from models.compress import distill
+    from moatkit.data.dataset import write_dataset
+    from moatkit.models.compress import distill
 
     # extra text: 2 sentences of the test split (must be dropped), 1 of train, 3 new ones (one twice)
     test, train = tiny_context.texts["test"], tiny_context.texts["train"]
@@ -107,7 +106,7 @@ def test_compress_exports_the_student_and_filters_unlabeled_text(tiny_context, t
     assert variant.name == "distill-1l" and variant.model.config.num_hidden_layers == 1
     assert variant.params < tiny_context.load_baseline().count_params()
     # a normal HF dir: serving/export.py loads it as it loads a fine-tuned model
-    from serving.export import load_text_model
+    from moatkit.models.export import load_text_model
 
     model, vocab, task = load_text_model(variant.hf_dir)
     assert model.config.num_hidden_layers == 1 and task["labels"] == tiny_context.labels

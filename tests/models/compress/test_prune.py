@@ -1,18 +1,17 @@
 """Pruning on the tiny real baseline (2 layers, hidden 32, fine-tuned on MR; see conftest.py): per-kernel sparsity on
 target, the 2:4 pattern in every group, an accuracy bound, identical logits after a SavedModel round trip, a
 smaller gzip; and stock TFMOT on our encoder rebuilt from the same weights."""
-from app import env as _env  # noqa: F401
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from app.errors import ConfigError
-from models.compress.base import PruneSettings, token_id_function
-from models.compress.prune import (block_kernels, compress, m_by_n_holds, make_schedule, moat_classifier,
+from moatkit.data.core.errors import ConfigError
+from moatkit.models.compress.base import PruneSettings, token_id_function
+from moatkit.models.compress.prune import (block_kernels, compress, m_by_n_holds, make_schedule, moat_classifier,
                                    prune_keras_model, sparsity_of, word_embeddings)
-from models.compress.report import save_token_model, saved_model_predict
+from moatkit.models.compress.report import save_token_model, saved_model_predict
 
 # One epoch is 13 steps on the tiny model; frequency 2 gives several mask updates within it.
 FAST = dict(epochs=1, learning_rate=1e-3, batch_size=32, frequency=2)

@@ -1,19 +1,18 @@
 """TFLite post-training quantization on the tiny real baseline: sizes, agreement with the float model, the
 LiteRT interpreter, and the config errors of `moat compress`."""
-from app import env as _env  # noqa: F401
 
 import sys
 
 import numpy as np
 import pytest
 
-from app.errors import ConfigError
+from moatkit.data.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def ptq_run(tiny_context):
-    from models.compress import ptq
-    from models.compress.base import PTQSettings, token_id_function
+    from moatkit.models.compress import ptq
+    from moatkit.models.compress.base import PTQSettings, token_id_function
 
     variants = {v.name: v for v in ptq.compress(tiny_context, PTQSettings(representative_examples=32))}
     baseline = token_id_function(tiny_context.load_baseline())(tiny_context.arrays["test"])
@@ -68,9 +67,9 @@ def test_flatbuffers_take_token_ids_and_run_on_litert(ptq_run, tiny_context):
 
 
 def test_config_errors_name_the_key(tiny_run):
-    from app.config import load_config
-    from models.compress.base import CompressConfig, load_context
-    from models.compress.report import method_module
+    from moatkit.data.core.config import load_config
+    from moatkit.models.compress.base import CompressConfig, load_context
+    from moatkit.models.compress.report import method_module
 
     with pytest.raises(ConfigError, match="'methods' has unknown entries \\['quantum'\\]"):
         load_config(CompressConfig, overrides=["methods=[ptq,quantum]"])
@@ -85,8 +84,8 @@ def test_config_errors_name_the_key(tiny_run):
 
 
 def test_a_missing_method_module_is_a_config_error(monkeypatch):
-    from models.compress.report import method_module
+    from moatkit.models.compress.report import method_module
 
-    monkeypatch.setitem(sys.modules, "models.compress.distill", None)  # what an install without the file sees
+    monkeypatch.setitem(sys.modules, "moatkit.models.compress.distill", None)  # what an install without the file sees
     with pytest.raises(ConfigError, match="compression method 'distill' is not available"):
         method_module("distill")

@@ -1,12 +1,11 @@
 """QAT on the tiny fine-tuned BERT: the Functional rebuild is exact, the converted model is int8 and agrees."""
-from app import env as _env  # noqa: F401
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from models.compress.base import QATSettings, token_id_function
+from moatkit.models.compress.base import QATSettings, token_id_function
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +14,7 @@ def baseline(tiny_context):
 
 
 def test_functional_rebuild_equals_baseline_logits(tiny_context, baseline):
-    from models.compress.qat import functional_classifier, max_logit_difference
+    from moatkit.models.compress.qat import functional_classifier, max_logit_difference
 
     model = functional_classifier(baseline)
     batch = tiny_context.batch("test", slice(0, 64))  # padded to max_length: masks matter
@@ -28,7 +27,7 @@ def test_functional_rebuild_equals_baseline_logits(tiny_context, baseline):
 
 
 def test_qat_converts_to_int8_tflite_that_agrees_with_float(tiny_context, baseline):
-    from models.compress import qat
+    from moatkit.models.compress import qat
 
     # the default settings: one epoch at 1e-5 barely moves the weights, so disagreement is quantization error
     # (on 320 of the train sentences: 10 steps keep the test short)

@@ -1,6 +1,5 @@
 """`moat compress` end to end on the tiny baseline: the report (JSON, markdown, PNG, TensorBoard), the exported
 variants, and a PTQ variant served by moat-model-server (--prefer_tflite_model) over REST and gRPC."""
-from app import env as _env  # noqa: F401
 
 import json
 
@@ -11,7 +10,7 @@ import tensorflow as tf
 
 @pytest.fixture(scope="module")
 def ptq_report(tiny_run, tmp_path_factory):
-    from app.cli import main
+    from moatkit.app.cli import main
 
     out = tmp_path_factory.mktemp("compress_report")
     overrides = {"model_dir": tiny_run / "model", "max_train_examples": 1600, "max_eval_examples": 200,
@@ -57,9 +56,9 @@ def test_report_rows_sizes_and_latency(ptq_report, tiny_run):
 
 
 def test_ptq_variant_is_served_over_rest_and_grpc(ptq_report, tiny_context):
-    from serving import client
-    from serving.process import free_port
-    from serving.server import ModelServer, parse_flags, validate
+    from moatkit.serving import client
+    from moatkit.serving.process import free_port
+    from moatkit.serving.server import ModelServer, parse_flags, validate
 
     out, report = ptq_report
     exports = {r["name"]: r["export"] for r in report["variants"]}
@@ -89,9 +88,9 @@ def test_ptq_variant_is_served_over_rest_and_grpc(ptq_report, tiny_context):
     np.testing.assert_allclose(by_grpc["probabilities"], rest_probs, atol=1e-6)
     assert [p["label"] for p in by_rest] == by_grpc["label"].astype(str).tolist()
     # The served flatbuffer (raw strings, in-graph tokenizer) matches the measured token-id flatbuffer.
-    from models.compress.ptq import tflite_predict
-    from models.compress.base import encode
-    from models.metrics import softmax
+    from moatkit.models.compress.ptq import tflite_predict
+    from moatkit.models.compress.base import encode
+    from moatkit.models.metrics import softmax
 
     logits = tflite_predict(out / "out" / "ptq" / "dynamic.tflite")(
         encode(tiny_context.tokenizer, texts, tiny_context.max_length))
@@ -100,8 +99,8 @@ def test_ptq_variant_is_served_over_rest_and_grpc(ptq_report, tiny_context):
 
 
 def test_the_bench_recipes_are_valid_settings():
-    from models.compress.base import CompressConfig
-    from models.compress.report import mr_recipes
+    from moatkit.models.compress.base import CompressConfig
+    from moatkit.models.compress.report import mr_recipes
 
     config = CompressConfig(**mr_recipes())
     config.validate()

@@ -12,7 +12,7 @@ TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ã
 
 @pytest.fixture(scope="module")
 def exported(small_run, tmp_path_factory):
-    from serving.export import ExportConfig, export_text_model
+    from moatkit.models.export import ExportConfig, export_text_model
 
     repo = tmp_path_factory.mktemp("repo")
     return export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(repo), name="sentiment"))
@@ -21,7 +21,7 @@ def exported(small_run, tmp_path_factory):
 def _keras_probabilities(model_dir, texts):
     from transformers import BertTokenizerFast
 
-    from serving.export import load_text_model
+    from moatkit.models.export import load_text_model
     model, _, task = load_text_model(model_dir)
     batch = BertTokenizerFast.from_pretrained(model_dir)(texts, padding=True, truncation=True,
                                                          max_length=task["max_length"], return_tensors="np")
@@ -60,10 +60,10 @@ def test_reload_in_fresh_process_matches_keras(exported, small_run):
 def test_versions_increment_and_bad_model_dir(exported, small_run, tmp_path):
     from pathlib import Path
 
-    from app.errors import ModelError
-    from serving.export import ExportConfig, next_version
+    from moatkit.data.core.errors import ModelError
+    from moatkit.models.export import ExportConfig, next_version
 
     assert next_version(Path(exported["version_dir"]).parent) == 2
     with pytest.raises(ModelError, match="is not a fine-tuned moatkit model"):
-        from serving.export import export_text_model
+        from moatkit.models.export import export_text_model
         export_text_model(ExportConfig(model_dir=str(tmp_path), repo=str(tmp_path / "repo")))

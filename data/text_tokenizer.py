@@ -6,7 +6,6 @@ identical to `BertTokenizerFast` on all but 1 of 15,956 MR+TREC sentences (NFKD-
 """
 from __future__ import annotations
 
-from app import env as _env  # noqa: F401
 
 import tensorflow as tf
 import tensorflow_text as tf_text

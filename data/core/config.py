@@ -13,7 +13,7 @@ from typing import Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from app.errors import ConfigError
+from moatkit.data.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -156,3 +156,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 def dump_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# === Command-line flags (shared by the `moat` CLI and the Beam runner) ===
+
+def add_config_flags(parser) -> None:
+    """--config FILE, repeatable --set KEY=VALUE and --print-config on an argparse parser."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config values (see --print-config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set epochs=2 (repeatable; dots for nested keys)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def config_from_args(cls: type[T], args) -> T | None:
+    """The config the flags describe, or None after printing it for --print-config."""
+    config = load_config(cls, args.config, args.overrides)
+    if getattr(args, "print_config", False):
+        print(dump_yaml(config), end="")
+        return None
+    return config

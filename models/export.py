@@ -17,14 +17,14 @@ import shutil
 import time
 from pathlib import Path
 
-from app import env as _env  # noqa: F401
-
 import tensorflow as tf
 
-from app.errors import ConfigError, ModelError
-from serving.model_manager import TFLITE_FILE
-from serving.text_tokenizer import InGraphBertTokenizer
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.data.text_tokenizer import InGraphBertTokenizer
 
+# The file moat-model-server serves instead of the SavedModel with --prefer_tflite_model. serving/ defines it too
+# (moatkit.serving.model_manager.TFLITE_FILE) because serving imports nothing from models; a test keeps them equal.
+TFLITE_FILE = "model.tflite"
 WARMUP_TEXTS = ("a wonderful, moving film", "dull and far too long", "What is the capital of France ?")
 
 

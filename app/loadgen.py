@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from app.pipeline import percentile
+from moatkit.app.pipeline import percentile
 
 Call = Callable[[], None]  # one request/response; raises on a failed request
 SETUP_ATTEMPTS = 5
@@ -152,7 +152,7 @@ def grpc_client(host_port: str, model: str, inputs: dict, *, signature_name: str
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.client import open_channel
+    from moatkit.serving.client import open_channel
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model

