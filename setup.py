@@ -35,7 +35,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "datasketch>=2.0,<3",  # MinHash LSH near-dup (data/dedup.py); 2.x hash scheme, so clusters are stable
-        "sacrebleu>=2.4,<3",  # corpus BLEU for the translation Transformer (models/seq2seq_train.py)
+        "sacrebleu>=2.4,<3",  # corpus BLEU for the translation Transformer (models/seq2seq/train.py)
         "scikit-learn>=1.4",  # data.labeling baseline (hashed bag-of-words logistic regression, k-means)
         "cleanlab>=2.7,<3",  # data.labeling.quality: confident-learning label-issue filter (no torch needed)
         "krippendorff>=0.8",  # data.labeling.quality: Krippendorff's alpha over per-rater scores

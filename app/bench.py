@@ -283,7 +283,7 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
         from moatkit.data.bench import bench_clean_dedup
         results["data"] = bench_clean_dedup(max_records=config.data_max_records)
     if "transformer" in config.benchmarks:
-        from moatkit.models.seq2seq_bench import bench_transformer
+        from moatkit.models.seq2seq.bench import bench_transformer
         results["transformer"] = bench_transformer()
     results["pretrain"] = None  # BERT pretraining step: ours vs HF TFBertForPreTraining, MFU (models/bert_bench.py)
     if "pretrain" in config.benchmarks:

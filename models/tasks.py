@@ -17,12 +17,12 @@ class Task:
     data: str | None  # catalog name; None for the generic tasks, which need `data`
     target: str  # record field holding the label or score; dots reach into nested dicts ("meta.fine")
     description: str = ""
-    epochs: int = 3  # the default recipe's budget for this task (measured runs in the README)
+    epochs: int = 3  # the default recipe's budget for this task (measured runs in docs/results.md)
     learning_rate: float = 5e-5
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    # mr-polarity: the best point on dev of `moat finetune --sweep learning_rate=5e-5,1e-4 --set epochs=4` (README)
+    # mr-polarity: the best point on dev of `moat finetune --sweep learning_rate=5e-5,1e-4 --set epochs=4` (docs/results.md)
     Task("mr-polarity", "classification", "mr", "label", "movie-review sentence polarity (binary)", 4, 1e-4),
     Task("mr-intensity", "regression", "mr", "score", "movie-review sentiment intensity, mean rating −4..+4", 3,
          1e-4),

@@ -10,11 +10,9 @@ import dataclasses
 import math
 from typing import Literal
 
-
-import numpy as np
 import tensorflow as tf
 
-from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.data.core.errors import ConfigError
 from moatkit.models.layers.attention import clone_initializer
 from moatkit.models.layers import DecoderLayer, EncoderLayer, LearnedPositionEmbedding, SinusoidalPositionEmbedding
 
@@ -253,77 +251,3 @@ class Transformer(tf.keras.Model):
     def dummy_inputs(self, batch: int = 2, length: int = 5) -> dict:
         ones = tf.ones([batch, length], tf.int32)
         return {"source": ones, "target_in": ones}
-
-
-# === BERT interop ===
-
-def encoder_kwargs_from_bert_config(config) -> dict:
-    """HF BertConfig (object or dict) → Encoder keyword arguments with the same architecture."""
-    c = config if isinstance(config, dict) else config.to_dict()
-    if c.get("position_embedding_type", "absolute") != "absolute":
-        raise ModelError(f"position_embedding_type={c['position_embedding_type']!r} is not supported",
-                         fix="use a BERT checkpoint with absolute position embeddings")
-    return dict(vocab_size=c["vocab_size"], dim=c["hidden_size"], num_layers=c["num_hidden_layers"],
-                num_heads=c["num_attention_heads"], intermediate_dim=c["intermediate_size"],
-                max_length=c["max_position_embeddings"], position="learned", type_vocab_size=c["type_vocab_size"],
-                scale_embeddings=False, embedding_norm=True, dropout=c["hidden_dropout_prob"],
-                attention_dropout=c["attention_probs_dropout_prob"], activation=c["hidden_act"], norm_first=False,
-                layer_norm_epsilon=c["layer_norm_eps"], initializer_range=c["initializer_range"],
-                pad_id=c.get("pad_token_id") or 0)
-
-
-def bert_state_from_tf_model(model) -> dict[str, np.ndarray]:
-    """HF TFBert* model → PyTorch-named state dict ('embeddings.word_embeddings.weight', …; kernels (out, in))."""
-    from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
-
-    state = {}
-    for weight in model.weights:
-        name, transpose = convert_tf_weight_name_to_pt_weight_name(weight.name, tf_weight_shape=weight.shape)
-        value = weight.numpy()
-        state[name.split("bert.", 1)[-1]] = value.T if transpose != TransposeType.NO else value
-    return state
-
-
-def load_bert_weights(encoder: Encoder, state: dict[str, np.ndarray]) -> list[str]:
-    """Assigns a PyTorch-named BERT state dict (safetensors, or `bert_state_from_tf_model`) to `encoder`.
-
-    Keys may carry a 'bert.' prefix. Returns the state keys that were not used (pooler, heads). Raises ModelError
-    naming the first missing or mis-shaped weight.
-    """
-    state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
-    used = set()
-    for variable, key, transpose in bert_weight_targets(encoder):
-        if key not in state:
-            raise ModelError(f"BERT weights lack '{key}'", fix="check that the checkpoint matches the encoder config")
-        value = np.asarray(state[key]).T if transpose else np.asarray(state[key])
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ModelError(f"BERT weight '{key}' has shape {value.shape}, the encoder expects "
-                             f"{tuple(variable.shape)}",
-                             fix="build the encoder with encoder_kwargs_from_bert_config(checkpoint config)")
-        variable.assign(value)
-        used.add(key)
-    return sorted(set(state) - used)
-
-
-def bert_weight_targets(encoder: Encoder) -> list[tuple[tf.Variable, str, bool]]:
-    """(variable, PyTorch BERT name without 'bert.', transpose) for every encoder weight; builds the encoder."""
-    if not encoder.built:
-        encoder(tf.ones([1, 2], tf.int32))
-    emb = encoder.embedding
-    targets = [(emb.token.embeddings, "embeddings.word_embeddings.weight", False),
-               (emb.positions.embeddings, "embeddings.position_embeddings.weight", False),
-               (emb.norm.gamma, "embeddings.LayerNorm.weight", False),
-               (emb.norm.beta, "embeddings.LayerNorm.bias", False)]
-    if emb.type is not None:
-        targets.append((emb.type.embeddings, "embeddings.token_type_embeddings.weight", False))
-    for i, block in enumerate(encoder.blocks):
-        p = f"encoder.layer.{i}."
-        attn, ffn = block.attention, block.feed_forward
-        for dense, name in ((attn.query_dense, "attention.self.query"), (attn.key_dense, "attention.self.key"),
-                            (attn.value_dense, "attention.self.value"), (attn.output_dense, "attention.output.dense"),
-                            (ffn.intermediate, "intermediate.dense"), (ffn.output_dense, "output.dense")):
-            targets += [(dense.kernel, p + name + ".weight", True), (dense.bias, p + name + ".bias", False)]
-        for norm, name in ((block.attention_norm, "attention.output.LayerNorm"),
-                           (block.feed_forward_norm, "output.LayerNorm")):
-            targets += [(norm.gamma, p + name + ".weight", False), (norm.beta, p + name + ".bias", False)]
-    return targets

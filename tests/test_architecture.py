@@ -19,7 +19,7 @@ OVERSIZED = {"data/beam_pipeline.py": 523, "data/pretraining.py": 649, "models/f
              "app/pipeline.py:run_demo": 84, "data/beam_pipeline.py:run_prepare": 97,
              "data/pretraining.py:document_sequences": 98, "data/pretraining.py:build_pretraining_examples": 104,
              "models/finetune.py:_finetune": 122, "models/pretrain.py:_pretrain": 181,
-             "models/seq2seq_train.py:train_seq2seq": 155}
+             "models/seq2seq/train.py:train_seq2seq": 155}
 
 
 def _modules():

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from moatkit.app.cli import compress, data, run, serve, train
+from moatkit.data.core.env import filter_native_logs
 from moatkit.data.core.errors import MoatError
 from moatkit.serving.errors import ServerError
 
@@ -16,6 +17,9 @@ from moatkit.serving.errors import ServerError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moat", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ log lines (oneDNN, CUDA, XLA), hidden by default; "
+                             "TF_CPP_MIN_LOG_LEVEL=0 does the same")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for group in (data, train, serve, compress, run):  # in the order of the life cycle
         group.add_parsers(verbs)
@@ -24,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--verbose" not in argv[:1]:
+        filter_native_logs()
     if argv[:1] == ["serve"]:  # argparse cannot pass `--flag=value` through untouched, so hand them over directly
         from moatkit.serving.server import main as server_main
         return server_main(argv[1:]) or 0
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # `moat --verbose VERB …` keeps the native log lines
     try:
         return args.func(args)
     except (MoatError, ServerError) as err:

@@ -33,7 +33,7 @@ def finetune(args, config) -> None:
 
 def train_seq2seq(args, config) -> None:
     if not args.export_only:
-        from moatkit.models.seq2seq_train import train_seq2seq as run_training
+        from moatkit.models.seq2seq.train import train_seq2seq as run_training
         report = run_training(config, verbose=_keras_verbosity())
         test = report.get("test")
         if test is None:
@@ -47,7 +47,7 @@ def train_seq2seq(args, config) -> None:
                   f"{report['train_seconds'] / 60:.1f} min, {report['train_tokens_per_second']:.0f} tokens/s; "
                   f"report: {config.run_dir}/report.json")
     if args.export:
-        from moatkit.models.seq2seq_export import Seq2SeqExportConfig, export_translator
+        from moatkit.models.seq2seq.export import Seq2SeqExportConfig, export_translator
         info = export_translator(Seq2SeqExportConfig(model_dir=f"{config.run_dir}/model", repo=args.export,
                                                      name=args.name))
         print(json.dumps(info))
@@ -124,7 +124,7 @@ def add_parsers(verbs) -> None:
                    help="skip training: fine-tune the finished run's pretrained/ and the same architecture from "
                         "random weights on transfer.task (e.g. --set transfer.task=mr-polarity) and add both test "
                         "scores to its report.json")
-    p = add_verb(verbs, "train-seq2seq", train_seq2seq, config="moatkit.models.seq2seq_train:Seq2SeqConfig",
+    p = add_verb(verbs, "train-seq2seq", train_seq2seq, config="moatkit.models.seq2seq.train:Seq2SeqConfig",
                  help="train our Transformer for translation (Bible de→en by default)",
                  description="Trains the seq2seq Transformer on verse-aligned pairs (catalog bible-en-de: "
                              "German Elberfelder → English KJV) with held-out chapters, reports corpus BLEU "

@@ -84,7 +84,7 @@ class PruneSettings(CompressTuneSettings):
     embeddings: bool = True  # also prune the word embeddings (unstructured): half of MiniLM's weights
     # None: every pruned tensor gets target_sparsity. A value: the word embeddings get it and the transformer blocks
     # whatever keeps the overall sparsity of the pruned weights at target_sparsity (the embeddings tolerate far more:
-    # see README "Compression")
+    # see docs/results.md, compression)
     embedding_sparsity: float | None = None
     # Vocabulary pruning first: zero the word-embedding rows of tokens that never occur in the train split (their
     # rows get no gradient from the task anyway; 60 % of MiniLM's 30,522 rows on MR), so magnitude pruning spends the

@@ -229,8 +229,9 @@ def prune_hf(model, context: CompressContext, settings: PruneSettings, *, struct
 def moat_classifier(hf_model) -> tf.keras.Model:
     """The HF BERT classifier as a Functional graph of models/layers (same weights, same logits):
     {input_ids, attention_mask} (batch, seq) int32 → logits (batch, labels)."""
-    from moatkit.models.transformer import Encoder, bert_state_from_tf_model, encoder_kwargs_from_bert_config, \
+    from moatkit.models.checkpoints import bert_state_from_tf_model, encoder_kwargs_from_bert_config, \
         load_bert_weights
+    from moatkit.models.transformer import Encoder
 
     config = hf_model.config
     encoder = Encoder(**encoder_kwargs_from_bert_config(config))

@@ -117,7 +117,7 @@ def raw_string_tflite(model, context: CompressContext, *, mode: str, representat
 
     if mode == "int8":
         # The converter's calibrator has no tensorflow_text kernels, so ranges cannot be calibrated through the
-        # tokenizer; the serving twin uses dynamic-range int8 weights instead (see the README section).
+        # tokenizer; the serving twin uses dynamic-range int8 weights instead (see docs/compression.md).
         mode = "dynamic"
     return _convert(make_converter, mode, texts if representative_texts else None)[0]
 

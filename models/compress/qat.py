@@ -33,8 +33,8 @@ import tensorflow_model_optimization as tfmot
 from moatkit.data.core.errors import ModelError
 from moatkit.models.compress.base import INPUT_NAMES, Batch, CompressContext, QATSettings, Variant
 from moatkit.models.layers import FeedForward, MultiHeadAttention
-from moatkit.models.transformer import (Encoder, TokenAndPositionEmbedding, bert_state_from_tf_model,
-                                encoder_kwargs_from_bert_config, load_bert_weights)
+from moatkit.models.checkpoints import bert_state_from_tf_model, encoder_kwargs_from_bert_config, load_bert_weights
+from moatkit.models.transformer import Encoder, TokenAndPositionEmbedding
 
 quantize = tfmot.quantization.keras
 PARITY_TOLERANCE = 1e-4
@@ -329,7 +329,7 @@ def train_qat(context: CompressContext, settings: QATSettings, *, verbose: int =
     difference = max_logit_difference(hf_model, model, context.batch("test", slice(0, 16)))
     if difference > 100 * PARITY_TOLERANCE:  # an encoder/HF mismatch would make every QAT number meaningless
         raise ModelError(f"the Functional rebuild of '{context.model_dir}' differs from it by {difference:.2e} "
-                         "in the logits", fix="report this: models.transformer.load_bert_weights lost a weight")
+                         "in the logits", fix="report this: models.checkpoints.load_bert_weights lost a weight")
     qat_model = quantize_classifier(model)
     steps = fine_tune(qat_model, context, settings, verbose=verbose)
     return qat_model, {"rebuild_max_logit_difference": difference, "fine_tune_steps": steps,

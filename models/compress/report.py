@@ -407,7 +407,7 @@ def run_compress(config: CompressConfig, *, log=print, serve_check: Callable | N
 
 
 # The settings measured to meet the compression issue's pruning and distillation targets on the MR MiniLM baseline
-# (README "Compression"): the defaults fit any model (the tiny test model is 98 % word embeddings), these fit MiniLM.
+# (docs/results.md, compression): the defaults fit any model (the tiny test model is 98 % word embeddings), these fit MiniLM.
 def mr_recipes() -> dict:
     return {"prune": PruneSettings(structure=["unstructured"], epochs=4, learning_rate=1e-4, embedding_sparsity=0.9,
                                    drop_unseen_tokens=True, teacher_alpha=0.7),

@@ -77,3 +77,17 @@ def test_print_config_shows_resolved_yaml():
     result = _moat("demo", "--set", "finetune.epochs=3", "--print-config")
     assert result.returncode == 0, result.stderr
     assert "  epochs: 3\n" in result.stdout and "model_name: sentiment" in result.stdout
+
+
+def test_tensorflow_native_log_lines_stay_off_the_terminal_unless_verbose():
+    from moatkit.data.core.env import NATIVE_LOG_LINE
+
+    def native_lines(result):
+        return [line for line in result.stderr.splitlines() if NATIVE_LOG_LINE.match(line.encode())]
+
+    quiet = _moat("export", "--set", "nope=1", env={"TF_CPP_MIN_LOG_LEVEL": ""})  # imports TensorFlow, then errs
+    assert quiet.returncode == 2
+    assert native_lines(quiet) == [] and quiet.stderr.strip().splitlines() == [
+        "error: unknown config key 'nope' — allowed keys: model_dir, repo, name, version, max_length, tflite"]
+    verbose = _moat("--verbose", "export", "--set", "nope=1")
+    assert verbose.returncode == 2 and native_lines(verbose)  # oneDNN / CUDA notices on this CPU machine

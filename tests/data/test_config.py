@@ -102,6 +102,6 @@ def test_shipped_demo_config_matches_the_embedded_defaults():
 def test_shipped_translation_config_matches_the_embedded_defaults():
     from pathlib import Path
 
-    from moatkit.models.seq2seq_train import Seq2SeqConfig
+    from moatkit.models.seq2seq.train import Seq2SeqConfig
     shipped = Path(__file__).resolve().parents[2] / "app" / "configs" / "translate-de-en.yaml"
     assert load_config(Seq2SeqConfig, shipped) == Seq2SeqConfig()

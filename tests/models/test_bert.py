@@ -73,7 +73,7 @@ def test_mlm_and_nsp_logits_match_hf_pretraining(fmt, tmp_path):
     from safetensors.numpy import save_file
     from transformers import TFBertForPreTraining
 
-    from moatkit.models.transformer import bert_state_from_tf_model
+    from moatkit.models.checkpoints import bert_state_from_tf_model
 
     tf.keras.utils.set_random_seed(1)
     hf = TFBertForPreTraining(TINY.to_hf())
@@ -106,7 +106,7 @@ def test_mlm_and_nsp_logits_match_hf_pretraining(fmt, tmp_path):
 def test_saved_model_loads_and_finetunes_in_hf(tmp_path):
     from transformers import BertTokenizerFast, TFBertForPreTraining, TFBertForSequenceClassification
 
-    from moatkit.models.transformer import bert_state_from_tf_model
+    from moatkit.models.checkpoints import bert_state_from_tf_model
 
     tf.keras.utils.set_random_seed(2)
     model = BertPretrainer(TINY).build_weights()

@@ -7,8 +7,8 @@ import tensorflow_model_optimization as tfmot
 
 from moatkit.data.core.errors import ConfigError, ModelError
 from moatkit.models.layers import EncoderLayer
-from moatkit.models.transformer import (Encoder, Transformer, TransformerConfig, bert_state_from_tf_model,
-                                encoder_kwargs_from_bert_config, load_bert_weights)
+from moatkit.models.checkpoints import bert_state_from_tf_model, encoder_kwargs_from_bert_config, load_bert_weights
+from moatkit.models.transformer import Encoder, Transformer, TransformerConfig
 
 TINY = TransformerConfig(source_vocab_size=50, target_vocab_size=40, dim=16, encoder_layers=2, decoder_layers=2,
                          num_heads=2, intermediate_dim=32, dropout=0.0, max_length=20)
@@ -98,7 +98,7 @@ def test_prune_functional_model_to_half_with_stock_tfmot():
 
 @pytest.mark.slow
 def test_bench_ours_vs_keras_mha_runs():
-    from moatkit.models.seq2seq_bench import bench_transformer
+    from moatkit.models.seq2seq.bench import bench_transformer
 
     result = bench_transformer(config=TINY, batch=4, length=8, train_steps=1, decode_length=6, beam_size=2)
     for name in ("ours", "keras_mha"):

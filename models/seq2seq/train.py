@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, ModelError
-from moatkit.models.decoding import beam_search, greedy_decode
-from moatkit.models.seq2seq_data import (BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, encode, load_pairs, make_dataset,
+from moatkit.models.seq2seq.decoding import beam_search, greedy_decode
+from moatkit.models.seq2seq.data import (BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, encode, load_pairs, make_dataset,
                                  split_pairs, train_vocab)
 from moatkit.models.transformer import Transformer, TransformerConfig
 

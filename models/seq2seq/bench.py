@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from moatkit.models.decoding import beam_search, greedy_decode
+from moatkit.models.seq2seq.decoding import beam_search, greedy_decode
 from moatkit.models.layers import decoder_layer, encoder_layer
 from moatkit.models.transformer import Transformer, TransformerConfig
 

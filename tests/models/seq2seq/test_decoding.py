@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moatkit.models.decoding import beam_search, greedy_decode, length_penalty
+from moatkit.models.seq2seq.decoding import beam_search, greedy_decode, length_penalty
 from moatkit.models.transformer import Transformer, TransformerConfig
 
 BOS, EOS, PAD = 2, 3, 0

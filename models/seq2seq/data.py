@@ -87,7 +87,7 @@ class SubwordTokenizer(tf.Module):
         super().__init__(name=name)
         if list(vocab[:4]) != list(SPECIALS):
             raise DataError(f"vocabulary must start with {SPECIALS}",
-                            fix="train it with models.seq2seq_data.train_vocab")
+                            fix="train it with models.seq2seq.data.train_vocab")
         self.vocab_size = len(vocab)
         self.tokenizer = tf_text.FastWordpieceTokenizer(vocab=list(vocab), suffix_indicator="##", unknown_token="[UNK]",
                                                         no_pretokenization=False, support_detokenization=True,

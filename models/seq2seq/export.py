@@ -13,9 +13,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError
-from moatkit.models.decoding import beam_search, greedy_decode
-from moatkit.models.seq2seq_data import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
-from moatkit.models.seq2seq_train import load_model_dir
+from moatkit.models.seq2seq.decoding import beam_search, greedy_decode
+from moatkit.models.seq2seq.data import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer
+from moatkit.models.seq2seq.train import load_model_dir
 
 WARMUP_SENTENCES = ("Im Anfang schuf Gott Himmel und Erde.", "Und Gott sprach: Es werde Licht!")
 

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError
-from moatkit.models.seq2seq_data import EOS_ID, SPECIALS, SubwordTokenizer, load_pairs, split_pairs, train_vocab
-from moatkit.models.seq2seq_train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline, masked_loss_and_accuracy,
+from moatkit.models.seq2seq.data import EOS_ID, SPECIALS, SubwordTokenizer, load_pairs, split_pairs, train_vocab
+from moatkit.models.seq2seq.train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline, masked_loss_and_accuracy,
                                   train_seq2seq)
 from moatkit.models.transformer import TransformerConfig
 
@@ -110,7 +110,7 @@ def test_training_smoke_loss_goes_down_and_resumes(trained):
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    from moatkit.models.seq2seq_export import Seq2SeqExportConfig, export_translator
+    from moatkit.models.seq2seq.export import Seq2SeqExportConfig, export_translator
 
     run_dir, _, _ = trained
     repo = tmp_path_factory.mktemp("repo")
