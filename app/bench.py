@@ -2,7 +2,7 @@
 
 - tokenize: the exported model's in-graph tokenizer (tf.text, inside tf.function) vs HF BertTokenizerFast.
 - serve: the exported model behind moat-model-server, when a model repository exists: p50/p99 latency at 1 client
-  and throughput at 1/8/32 concurrent clients, REST and gRPC, with batching off and on (serving/loadgen.py),
+  and throughput at 1/8/32 concurrent clients, REST and gRPC, with batching off and on (app/loadgen.py),
   against the in-process reference (the loaded SavedModel's serving_default called directly). The full table also
   goes to serving.json / serving.md.
 - finetune: our recipe (length-grouped dynamic padding, AdamW, warm-up) vs the naive one (pad every sentence to
@@ -103,14 +103,15 @@ def bench_tokenize(config: BenchConfig) -> dict:
 
 
 def bench_serve(config: BenchConfig) -> dict | None:
-    """Every point runs for serve_seconds with closed-loop clients (serving/loadgen.py); one server per batching
+    """Every point runs for serve_seconds with closed-loop clients (app/loadgen.py); one server per batching
     mode, both protocols against the same server."""
     import tempfile
 
     import numpy as np
     import tensorflow as tf
 
-    from moatkit.serving import client, loadgen
+    from moatkit.app import loadgen
+    from moatkit.serving import client
     from moatkit.serving.process import ServerProcess
 
     base = Path(config.model_base_path)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import gzip
 import itertools
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.core.files import new_staging_dir, publish_dir
 from moatkit.data.clean import CleanConfig, clean_record
 from moatkit.data.dataset import MANIFEST, REPORT, sha256_file, write_dataset
 from moatkit.data.dedup import DedupConfig, deduplicate
@@ -90,7 +92,7 @@ def _existing_output(out: Path, key: str) -> bool:
 
 # === Per-source cleaning with chunk checkpoints ===
 
-def _process(item: tuple[dict | None, dict | None], clean, name: str) -> list:
+def clean_input(item: tuple[dict | None, dict | None], clean, name: str) -> list:
     """One input → ['kept', record] or ['drop', {id, reason, stage, source, ...}]."""
     record, drop = item
     if drop is not None:
@@ -142,7 +144,7 @@ def _run_source(index: int, source: SourceConfig, config: PrepareConfig, work: P
             processed = _read_chunk(path)
             counters["chunks_reused"] += 1
         else:
-            processed = [_process(item, clean, name) for item in chunk]
+            processed = [clean_input(item, clean, name) for item in chunk]
             _write_chunk(path, processed)
             counters["chunks_computed"] += 1
         results.extend(processed)
@@ -155,91 +157,75 @@ def _run_source(index: int, source: SourceConfig, config: PrepareConfig, work: P
 
 # === The whole run ===
 
+@dataclasses.dataclass
+class _Cleaned:
+    """Every input after cleaning: kept records, drop rows, empty skipped sources and per-source tallies."""
+    kept: list[dict] = dataclasses.field(default_factory=list)
+    dropped: list[dict] = dataclasses.field(default_factory=list)
+    skipped_sources: list[str] = dataclasses.field(default_factory=list)
+    per_source: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+
+
 def prepare(config: PrepareConfig) -> Path:
     """Runs the pipeline and returns the dataset dir (unchanged when the cache key matches)."""
     config.validate()
     started = time.perf_counter()
     out = Path(config.out)
     prints = [fingerprint(s) for s in config.sources]
-    key = _cache_key(config, prints)
-    if _existing_output(out, key):
+    if already_prepared(config, prints):
         return out
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise DataError(f"output dir '{out}' exists, is not empty and is not a dataset dir",
-                        fix="choose a new --out, or empty that dir")
     work = Path(config.work_dir) if config.work_dir else out.with_name(out.name + ".work")
     counters = collections.Counter(chunks_reused=0, chunks_computed=0)
-    kept: list[dict] = []
-    dropped: list[dict] = []
-    skipped_sources: list[str] = []
-    per_source: dict[str, collections.Counter] = {}
-    for index, source in enumerate(config.sources):
-        name = source_name(source)
-        tally = per_source.setdefault(name, collections.Counter())
-        for status, item in _run_source(index, source, config, work, prints[index], counters):
-            if status == "kept":
-                kept.append(item)
-                tally["input"] += 1
-            elif item.get("placeholder"):  # an empty source under on_error=skip: no input, but reported
-                skipped_sources.append(source.uri)
-            else:
-                dropped.append(item)
-                tally["input"] += 1
-                tally["dropped_" + item["stage"]] += 1
+    cleaned = _clean_sources(config, work=work, prints=prints, counters=counters)
     clean_seconds = time.perf_counter() - started
+    dedup_report = _deduplicate(cleaned, config.dedup) if config.deduplicate and cleaned.kept else None
+    for record in cleaned.kept:
+        cleaned.per_source.setdefault(record.get("source"), collections.Counter())["kept"] += 1
 
-    dedup_report = None
-    if config.deduplicate and kept:
-        result = deduplicate(kept, config.dedup)
-        kept = result.kept
-        for record, reason in result.dropped:
-            dropped.append({"id": record["id"], "reason": reason, "stage": "dedup", "source": record.get("source"),
-                            "duplicate_of": record.get("meta", {}).get("duplicate_of"),
-                            "text": record["text"][:SNIPPET]})
-            per_source.setdefault(record.get("source"), collections.Counter())["dropped_dedup"] += 1
-        dedup_report = {k: v for k, v in result.report().items() if k not in ("input", "kept", "dropped")}
-    for record in kept:
-        per_source.setdefault(record.get("source"), collections.Counter())["kept"] += 1
-
-    name = config.name or out.name
-    licenses = sorted({s.license for s in config.sources if s.license} | _catalog_licenses(config.sources))
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    labels = sorted({str(r["label"]) for r in kept if "label" in r}) or None
-    manifest = write_dataset(
-        staging, kept, name=name, license=config.license or "; ".join(licenses) or "unknown", dropped=dropped,
-        labels=labels, shard_size=config.shard_size,
-        provenance={"prepared_from": [{"uri": s.uri, "name": source_name(s), **p}
-                                      for s, p in zip(config.sources, prints)]},
-        extra={"prepare": {"cache_key": key, "format": FORMAT, "config": dataclasses.asdict(config)}})
-    report = json.loads((staging / REPORT).read_text(encoding="utf-8"))
-    report.update(
-        input=len(kept) + len(dropped),
-        dropped_by_stage=dict(sorted(collections.Counter(d["stage"] for d in dropped).items())),
-        by_source={n: dict(sorted(c.items())) for n, c in per_source.items()},
-        skipped_sources=skipped_sources,
-        pii=_pii_totals(kept),
-        languages=dict(collections.Counter((r.get("meta") or {}).get("lang", "und") for r in kept).most_common()),
-        dedup=dedup_report,
-        checkpoints=dict(counters),
-        seconds={"read_clean": round(clean_seconds, 3), "total": round(time.perf_counter() - started, 3)},
-    )
-    (staging / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    from moatkit.data.card import build_card, write_card_summary
-    card = build_card(name=name, manifest=manifest, report=report, records=kept)
-    (staging / "card.md").write_text(card, encoding="utf-8")
-    if config.tensorboard:
-        write_card_summary(card, staging / "tensorboard")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    staging = new_staging_dir(out)
+    labels = sorted({str(r["label"]) for r in cleaned.kept if "label" in r}) or None
+    accounting = Accounting(
+        dropped=cleaned.dropped, by_source=cleaned.per_source, skipped_sources=cleaned.skipped_sources,
+        pii=_pii_totals(cleaned.kept), languages=dict(collections.Counter(
+            (r.get("meta") or {}).get("lang", "und") for r in cleaned.kept).most_common()),
+        dedup=dedup_report)
+    finish_dataset(config, prints=prints, staging=staging, accounting=accounting,
+                   write_manifest=functools.partial(write_dataset, staging, cleaned.kept, labels=labels,
+                                                    shard_size=config.shard_size),
+                   runner_fields={"checkpoints": dict(counters)}, card_inputs={"records": cleaned.kept},
+                   started=started, seconds={"read_clean": clean_seconds})
     if not config.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _catalog_licenses(sources: list[SourceConfig]) -> set[str]:
-    from moatkit.data.catalog import get_entry
-    return {get_entry(s.uri.split(":", 1)[1]).license for s in sources if s.uri.startswith("catalog:")}
+def _clean_sources(config: PrepareConfig, *, work: Path, prints: list[dict], counters: dict) -> _Cleaned:
+    cleaned = _Cleaned()
+    for index, source in enumerate(config.sources):
+        tally = cleaned.per_source.setdefault(source_name(source), collections.Counter())
+        for status, item in _run_source(index, source, config, work, prints[index], counters):
+            if status == "kept":
+                cleaned.kept.append(item)
+                tally["input"] += 1
+            elif item.get("placeholder"):  # an empty source under on_error=skip: no input, but reported
+                cleaned.skipped_sources.append(source.uri)
+            else:
+                cleaned.dropped.append(item)
+                tally["input"] += 1
+                tally["dropped_" + item["stage"]] += 1
+    return cleaned
+
+
+def _deduplicate(cleaned: _Cleaned, config: DedupConfig) -> dict:
+    """Drops the duplicates from `cleaned` (as dedup-stage drop rows) and returns the report's dedup section."""
+    result = deduplicate(cleaned.kept, config)
+    cleaned.kept = result.kept
+    for record, reason in result.dropped:
+        cleaned.dropped.append({"id": record["id"], "reason": reason, "stage": "dedup", "source": record.get("source"),
+                                "duplicate_of": record.get("meta", {}).get("duplicate_of"),
+                                "text": record["text"][:SNIPPET]})
+        cleaned.per_source.setdefault(record.get("source"), collections.Counter())["dropped_dedup"] += 1
+    return {k: v for k, v in result.report().items() if k not in ("input", "kept", "dropped")}
 
 
 def _pii_totals(records: list[dict]) -> dict:
@@ -247,3 +233,72 @@ def _pii_totals(records: list[dict]) -> dict:
     for record in records:
         totals.update((record.get("meta") or {}).get("pii", {}))
     return dict(sorted(totals.items()))
+
+
+# === The start and the end both runners share (this one and data/beam_pipeline.py) ===
+
+def already_prepared(config: PrepareConfig, prints: list[dict]) -> bool:
+    """True when config.out holds this config's dataset, intact; raises when it holds something else."""
+    out = Path(config.out)
+    if _existing_output(out, _cache_key(config, prints)):
+        return True
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise DataError(f"output dir '{out}' exists, is not empty and is not a dataset dir",
+                        fix="choose a new --out, or empty that dir")
+    return False
+
+
+@dataclasses.dataclass
+class Accounting:
+    """What report.json tells beyond write_metadata's kept/dropped counts, gathered by either runner."""
+    dropped: list[dict]  # drop rows: read and clean drops in input order, then dedup's
+    by_source: dict[str, collections.Counter]
+    skipped_sources: list[str]
+    pii: dict
+    languages: dict  # in Counter.most_common order
+    dedup: dict | None
+
+
+def finish_dataset(config: PrepareConfig, *, prints: list[dict], staging: Path, accounting: Accounting,
+                   write_manifest: Callable[..., dict], runner_fields: dict, card_inputs: dict, started: float,
+                   seconds: dict[str, float]) -> Path:
+    """Writes manifest.json, report.json, card.md and its TensorBoard summary into `staging`, then makes it the
+    dataset dir config.out.
+
+    `write_manifest` is write_dataset or write_metadata with the shards bound (to write, or already written);
+    it gets the dataset's name, licence, provenance, drop rows and prepare block. `runner_fields` and then the
+    phase `seconds` (plus the total since `started`) end the report; `card_inputs` go to build_card.
+    """
+    from moatkit.data.card import build_card, write_card_summary
+
+    out = Path(config.out)
+    name = config.name or out.name
+    manifest = write_manifest(
+        name=name, license=config.license or "; ".join(_licenses(config.sources)) or "unknown",
+        dropped=accounting.dropped,
+        provenance={"prepared_from": [{"uri": s.uri, "name": source_name(s), **p}
+                                      for s, p in zip(config.sources, prints)]},
+        extra={"prepare": {"cache_key": _cache_key(config, prints), "format": FORMAT,
+                           "config": dataclasses.asdict(config)}})
+    report = json.loads((staging / REPORT).read_text(encoding="utf-8"))
+    report.update(
+        input=manifest["counts"]["records"] + len(accounting.dropped),
+        dropped_by_stage=dict(sorted(collections.Counter(d["stage"] for d in accounting.dropped).items())),
+        by_source={n: dict(sorted(c.items())) for n, c in accounting.by_source.items()},
+        skipped_sources=accounting.skipped_sources, pii=accounting.pii, languages=accounting.languages,
+        dedup=accounting.dedup, **runner_fields,
+        seconds={**{phase: round(s, 3) for phase, s in seconds.items()},
+                 "total": round(time.perf_counter() - started, 3)})
+    (staging / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    card = build_card(name=name, manifest=manifest, report=report, **card_inputs)
+    (staging / "card.md").write_text(card, encoding="utf-8")
+    if config.tensorboard:
+        write_card_summary(card, staging / "tensorboard")
+    return publish_dir(staging, out)
+
+
+def _licenses(sources: list[SourceConfig]) -> list[str]:
+    """The sources' own licences and those of their catalog entries, sorted."""
+    from moatkit.data.catalog import get_entry
+    catalog = {get_entry(s.uri.split(":", 1)[1]).license for s in sources if s.uri.startswith("catalog:")}
+    return sorted({s.license for s in sources if s.license} | catalog)

@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, ModelError
 from moatkit.models.layers.feed_forward import get_activation
-from moatkit.models.checkpoints import bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights, read_hf_state
+from moatkit.models.checkpoints import (bert_weight_targets, encoder_kwargs_from_bert_config, load_bert_weights,
+                                        read_hf_state)
 from moatkit.models.transformer import Encoder
 
 SENTENCE_HEADS = ("nsp", "sop", "none")

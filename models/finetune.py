@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import hashlib
 import math
 import re
 import shutil
@@ -17,17 +16,21 @@ import time
 from pathlib import Path
 from typing import Literal
 
-
 import numpy as np
 import tensorflow as tf
 
-from moatkit.data.core.errors import ConfigError, DataError, ModelError
-from moatkit.data.dataset import field_value, read_records
-from moatkit.data.split import SplitConfig, ensure_splits
+from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.data.split import SplitConfig
 from moatkit.models import metrics as metrics_lib
 from moatkit.models.distribute import Precision, pick_strategy, set_precision, split_cpu
+from moatkit.models.finetune_inputs import (TaskInputs, encode_task_inputs, load_task_data, predict_outputs,
+                                           train_dataset)
 from moatkit.models.schedules import WarmupLinearDecay
-from moatkit.models.tasks import Task, extract, get_task
+from moatkit.models.tasks import Task, get_task
+from moatkit.models.training import adamw, config_fingerprint, prepare_checkpoint_dir, read_state, write_state
+
+# what a resumed run may change; anything else (run_dir included) makes its checkpoints another run's
+_NOT_FINGERPRINTED = ("resume", "log_every")
 
 
 @dataclasses.dataclass
@@ -93,75 +96,6 @@ def resolve_model_dir(model: str) -> Path:
                          fix="pass a catalog name (e.g. minilm-l6) or a dir written by save_pretrained")
     from moatkit.models.checkpoints import fetch_model
     return fetch_model(model)
-
-
-# === Inputs ===
-
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator,
-                           group: int = 50) -> list[np.ndarray]:
-    """Shuffles, sorts by length within windows of `group` batches, then shuffles the batches (a short final
-    batch stays last, so tf.data's padded_batch regroups exactly these batches).
-
-    Hand-written rather than tf.data's bucket_by_sequence_length because that yields a data-dependent number of
-    batches, which the warm-up/decay schedule needs to know exactly in advance.
-    """
-    order = rng.permutation(len(lengths))
-    window = batch_size * group
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    short = [b for b in batches if len(b) < batch_size]
-    full = [b for b in batches if len(b) == batch_size]
-    rng.shuffle(full)
-    return full + short
-
-
-def _features(encoded: dict, index: int) -> dict:
-    return {name: np.asarray(encoded[name][index], np.int32) for name in ("input_ids", "attention_mask",
-                                                                           "token_type_ids")}
-
-
-def train_dataset(encoded: dict, targets: np.ndarray, batch_size: int, seed: int,
-                  first_epoch: int = 0) -> tf.data.Dataset:
-    """Examples in length-grouped order, padded per batch (dynamic padding), one epoch per generator pass.
-    Epoch k is shuffled with seed + k, so a resumed run sees the batches an uninterrupted one would."""
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    epoch = [first_epoch]
-
-    def generate():
-        rng = np.random.default_rng(seed + epoch[0])
-        epoch[0] += 1
-        for batch in length_grouped_batches(lengths, batch_size, rng):
-            for i in batch:
-                yield _features(encoded, i), targets[i]
-
-    spec = tf.TensorSpec((None,), tf.int32)
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=(
-        {"input_ids": spec, "attention_mask": spec, "token_type_ids": spec},
-        tf.TensorSpec((), tf.as_dtype(targets.dtype))))
-    # Keras keeps one iterator across epochs when steps_per_epoch is set: repeat() re-runs the generator (with a
-    # new shuffle) each time it is exhausted, and steps_per_epoch makes an epoch exactly one pass.
-    return dataset.padded_batch(batch_size).repeat().prefetch(2)
-
-
-def predict_outputs(model, encoded: dict, batch_size: int = 128) -> np.ndarray:
-    """Model outputs (logits) in input order, float32; batches over length-sorted inputs keep padding small."""
-    ids = encoded["input_ids"]
-    order = np.argsort([len(r) for r in ids], kind="stable")
-    out = np.zeros((len(ids), model.config.num_labels), np.float32)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        features = {}
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
-            padded = np.zeros((len(batch), width), np.int32)
-            for row, i in enumerate(batch):
-                padded[row, :len(encoded[name][i])] = encoded[name][i]
-            features[name] = padded
-        out[batch] = tf.cast(model(**features, training=False).logits, tf.float32).numpy()
-    return out
 
 
 # === Training ===
@@ -252,28 +186,17 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=epoch + 1)
         np.savez(self.directory / "best_weights.npz", *self.logger.best_weights)
-        state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "step": self.logger.step,
-                 "history": self.logger.history, "best": self.logger.best, "since_best": self.logger.since_best,
-                 "stopped": bool(self.model.stop_training), "train_seconds": self.train_clock()}
-        tmp = self.directory / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.directory / "state.json")  # atomic: a crash mid-write never leaves a torn state
-
-
-def config_fingerprint(config: FinetuneConfig) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "log_every")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        write_state(self.directory, {
+            "epoch": epoch + 1, "step": self.logger.step, "history": self.logger.history, "best": self.logger.best,
+            "since_best": self.logger.since_best, "stopped": bool(self.model.stop_training),
+            "train_seconds": self.train_clock()}, fingerprint=self.fingerprint)
 
 
 def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: str) -> dict | None:
     """Restores an interrupted run's state into `model` and `logger`; returns the saved state or None."""
-    state_file = directory / "state.json"
-    if not state_file.is_file():
+    state = read_state(directory, fingerprint=fingerprint)
+    if state is None:
         return None
-    state = json.loads(state_file.read_text())
-    if state["fingerprint"] != fingerprint:
-        raise ConfigError(f"'{directory}' holds checkpoints of a run with a different config",
-                          fix="use another run_dir, or --set resume=false to start this one over")
     model.optimizer.build(model.trainable_variables)  # slots must exist before their values are restored
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
         tf.train.latest_checkpoint(str(directory))).assert_existing_objects_matched()
@@ -315,50 +238,13 @@ def build_optimizer(config: FinetuneConfig, total_steps: int,
                     num_layers: int = 0) -> tf.keras.optimizers.Optimizer:
     schedule = WarmupLinearDecay(peak=config.learning_rate, total_steps=total_steps,
                                  warmup_steps=int(config.warmup_ratio * total_steps))
-    options = dict(learning_rate=schedule, weight_decay=config.weight_decay, global_clipnorm=config.clip_norm,
-                   epsilon=1e-6)
+    options = {}
     if config.ema_momentum:
         options.update(use_ema=True, ema_momentum=config.ema_momentum)
-    optimizer = (LayerwiseAdamW(layer_decay=config.layer_decay, num_layers=num_layers, **options)
-                 if config.layer_decay < 1 else tf.keras.optimizers.AdamW(**options))
-    optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm"])
-    return optimizer
-
-
-def _sample(records: list[dict], limit: int | None, seed: int) -> list[dict]:
-    if limit is None or len(records) <= limit:
-        return records
-    return [records[i] for i in sorted(np.random.default_rng(seed).choice(len(records), limit, replace=False))]
-
-
-def load_task_data(config: FinetuneConfig, task: Task) -> tuple[Path, dict, list[str] | None]:
-    """Returns the split dir, {split: (texts, pairs, targets)} and the label names (None for regression)."""
-    data = config.data or task.data
-    target = config.target or task.target
-    split_config = dataclasses.replace(config.split, stratify_field=target) if task.kind == "classification" \
-        else config.split
-    split_dir = ensure_splits(data, split_config)
-    splits, train_labels = {}, set()
-    for name, limit in (("train", config.max_train_examples), ("dev", config.max_eval_examples),
-                        ("test", config.max_eval_examples)):
-        records = read_records(split_dir / name)
-        if not records:
-            raise DataError(f"split '{split_dir / name}' is empty", fix="use a larger dataset or split fractions")
-        if name == "train":  # the label set comes from the whole train split, also when a budget samples it
-            train_labels = {str(field_value(r, target)) for r in records if field_value(r, target) is not None}
-        splits[name] = extract(_sample(records, limit, config.seed), task, target, str(split_dir / name))
-    if task.kind == "regression":
-        return split_dir, splits, None
-    label_names = sorted(train_labels)
-    if len(label_names) < 2:
-        raise DataError(f"the train split of '{data}' has fewer than 2 distinct '{target}' values: {label_names}",
-                        fix="classification needs at least two labels")
-    for name in ("dev", "test"):
-        unseen = sorted(set(splits[name][2]) - set(label_names))
-        if unseen:
-            raise DataError(f"the {name} split of '{data}' has labels never seen in training: {unseen[:5]}",
-                            fix="use a stratified split (the default) or drop those records")
-    return split_dir, splits, label_names
+    if config.layer_decay < 1:
+        options.update(optimizer_class=LayerwiseAdamW, layer_decay=config.layer_decay, num_layers=num_layers)
+    return adamw(learning_rate=schedule, weight_decay=config.weight_decay, epsilon=1e-6,
+                 global_clipnorm=config.clip_norm, **options)
 
 
 def finetune(config: FinetuneConfig, *, verbose: int = 1,
@@ -375,8 +261,7 @@ def finetune(config: FinetuneConfig, *, verbose: int = 1,
 
 def _finetune(config: FinetuneConfig, *, verbose: int,
               callbacks: tuple[tf.keras.callbacks.Callback, ...]) -> dict:
-    from tensorboard.plugins.hparams import api as hparams
-    from transformers import BertConfig, BertTokenizerFast, TFBertForSequenceClassification
+    from transformers import BertTokenizerFast
 
     started = time.time()
     task = get_task(config.task)
@@ -384,104 +269,35 @@ def _finetune(config: FinetuneConfig, *, verbose: int,
     config = dataclasses.replace(config, epochs=config.epochs or task.epochs,
                                  learning_rate=config.learning_rate or task.learning_rate,
                                  precision=set_precision(config.precision))  # auto → what this machine runs best
-    classification = task.kind == "classification"
     tf.keras.utils.set_random_seed(config.seed)
     split_dir, splits, label_names = load_task_data(config, task)
     model_dir = resolve_model_dir(config.model)
     tokenizer = BertTokenizerFast.from_pretrained(model_dir)
-    encoded = {name: tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
-               for name, (texts, pairs, _) in splits.items()}
-    if classification:
-        index = {name: i for i, name in enumerate(label_names)}
-        targets = {name: np.array([index[t] for t in split[2]], np.int32) for name, split in splits.items()}
-        scale = None
-    else:
-        raw = {name: np.array(split[2], np.float32) for name, split in splits.items()}
-        scale = {"mean": float(raw["train"].mean()), "std": float(raw["train"].std() or 1.0)}
-        targets = {name: ((v - scale["mean"]) / scale["std"]).astype(np.float32) for name, v in raw.items()}
+    inputs = encode_task_inputs(split_dir, splits, label_names, tokenizer=tokenizer, max_length=config.max_length)
 
     strategy = pick_strategy(config.strategy)
-    steps_per_epoch = math.ceil(len(targets["train"]) / config.batch_size)
-    with strategy.scope():
-        kwargs = ({"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                   "label2id": index} if classification
-                  else {"num_labels": 1, "problem_type": "regression"})
-        if config.init == "random":  # the baseline a pretrained checkpoint has to beat
-            model = TFBertForSequenceClassification(BertConfig.from_pretrained(model_dir, **kwargs))
-            model(model.dummy_inputs, training=False)
-        else:
-            model = TFBertForSequenceClassification.from_pretrained(model_dir, **kwargs)
-        metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if classification else []
-        model.compile(optimizer=build_optimizer(config, steps_per_epoch * config.epochs,
-                                                model.config.num_hidden_layers),
-                      loss=Float32Loss(classification=classification), metrics=metrics)
-
-    def evaluate(name: str, brief: bool, outputs: np.ndarray | None = None) -> dict:
-        outputs = predict_outputs(model, encoded[name]) if outputs is None else outputs
-        if classification:
-            return metrics_lib.classification_metrics(outputs, targets[name], label_names, brief=brief)
-        return metrics_lib.regression_metrics(outputs[:, 0] * scale["std"] + scale["mean"], raw[name], brief=brief)
-
+    steps_per_epoch = math.ceil(len(inputs.targets["train"]) / config.batch_size)
+    model = _build_model(config, model_dir=model_dir, inputs=inputs, strategy=strategy,
+                         total_steps=steps_per_epoch * config.epochs)
     run_dir = Path(config.run_dir)
-    logger = EvalAndLog(run_dir=run_dir, every=config.log_every, evaluate=lambda: evaluate("dev", True),
-                        patience=config.patience, classification=classification)
-    checkpoints = run_dir / "checkpoints"
-    fingerprint = config_fingerprint(config)
-    if not config.resume and checkpoints.exists():
-        shutil.rmtree(checkpoints)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    resumed = restore_checkpoint(checkpoints, model, logger, fingerprint)
-    first_epoch = resumed["epoch"] if resumed else 0
-    previous_seconds = resumed["train_seconds"] if resumed else 0.0
-    if resumed and verbose:
-        print(f"resuming {run_dir} after epoch {first_epoch} (best dev score {resumed['best']['score']:.4f})")
-    class_weight = None
-    if classification and config.class_weights == "balanced":
-        counts = np.bincount(targets["train"], minlength=len(label_names))
-        class_weight = {i: float(len(targets["train"]) / (len(label_names) * max(c, 1))) for i, c in enumerate(counts)}
-    train_started = time.time()
-
-    def train_clock() -> float:  # dev evaluation is reported apart
-        return round(previous_seconds + time.time() - train_started - logger.eval_seconds, 1)
-
-    if not (resumed and resumed["stopped"]):
-        model.fit(train_dataset(encoded["train"], targets["train"], config.batch_size, config.seed, first_epoch),
-                  epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, verbose=verbose,
-                  callbacks=[logger, EpochCheckpoint(directory=checkpoints, fingerprint=fingerprint, logger=logger,
-                                                     train_clock=train_clock), *callbacks],
-                  class_weight=class_weight)
-    train_seconds = train_clock()
+    logger = EvalAndLog(run_dir=run_dir, every=config.log_every, patience=config.patience,
+                        evaluate=lambda: _evaluate(model, inputs, "dev", brief=True),
+                        classification=inputs.classification)
+    first_epoch, train_seconds = _train(config, model=model, inputs=inputs, logger=logger,
+                                        steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks)
     model.set_weights(logger.best_weights)
 
-    test_outputs = predict_outputs(model, encoded["test"])
-    test = evaluate("test", False, test_outputs)
-    hparam_values = {"task": config.task, "learning_rate": config.learning_rate, "epochs": config.epochs,
-                     "batch_size": config.batch_size, "max_length": config.max_length,
-                     "precision": config.precision, "replicas": strategy.num_replicas_in_sync}
-    with logger.eval_writer.as_default(step=logger.step):
-        tf.summary.scalar("test_score", test["score"])
-        tf.summary.scalar("dev_score", logger.best["score"])
-        hparams.hparams(hparam_values, trial_id=run_dir.name)
-        if classification:
-            tf.summary.scalar("test_accuracy", test["accuracy"])
-            tf.summary.image("test_confusion_matrix", metrics_lib.confusion_image(
-                np.array(test["confusion_matrix"]["rows_true_cols_predicted"])))
-    logger.eval_writer.close()
-    logger.train_writer.close()
-
+    test_outputs = predict_outputs(model, inputs.encoded["test"])
+    test = _evaluate(model, inputs, "test", brief=False, outputs=test_outputs)
+    _log_test(logger, test, trial_id=run_dir.name, hparam_values={
+        "task": config.task, "learning_rate": config.learning_rate, "epochs": config.epochs,
+        "batch_size": config.batch_size, "max_length": config.max_length, "precision": config.precision,
+        "replicas": strategy.num_replicas_in_sync})
     saved = run_dir / "model"
-    model.save_pretrained(saved)
-    tokenizer.save_pretrained(saved)
-    (saved / "moat_task.json").write_text(json.dumps({
-        "task": task.kind, "name": config.task, "labels": label_names, "target_scale": scale,
-        "max_length": config.max_length, "text_pair": splits["train"][1] is not None,
-        "lower_case": bool(getattr(tokenizer, "do_lower_case", True))}, indent=2))
-    if not classification:
-        test_outputs = test_outputs * scale["std"] + scale["mean"]
-    metrics_lib.write_predictions(run_dir / "test_predictions.jsonl", splits["test"][0], test_outputs,
-                                  raw["test"] if not classification else targets["test"], label_names)
+    _save_model(saved, model=model, tokenizer=tokenizer, task=task, config=config, inputs=inputs)
+    _write_test_predictions(run_dir / "test_predictions.jsonl", inputs, test_outputs)
     report = {"config": dataclasses.asdict(config), "task": dataclasses.asdict(task), "model_dir": str(model_dir),
-              "split_dir": str(split_dir), "sizes": {name: len(t) for name, t in targets.items()},
+              "split_dir": str(split_dir), "sizes": {name: len(t) for name, t in inputs.targets.items()},
               "labels": label_names, "replicas": strategy.num_replicas_in_sync,
               "resumed_after_epoch": first_epoch or None,
               "dev_history": logger.history, "best_dev": logger.best, "test": test,
@@ -490,8 +306,104 @@ def _finetune(config: FinetuneConfig, *, verbose: int,
                           "epochs_run": len(logger.history),
                           "optimizer_steps": int(model.optimizer.iterations.numpy()),
                           "train_examples_per_second": round(
-                              len(targets["train"]) * len(logger.history) / train_seconds, 1)},
+                              len(inputs.targets["train"]) * len(logger.history) / train_seconds, 1)},
               "saved_model_dir": str(saved), "tensorboard": f"tensorboard --logdir {run_dir}"}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(checkpoints)  # the run finished: its model is saved; optimizer state is ~3x the model size
+    shutil.rmtree(run_dir / "checkpoints")  # finished: the model is saved; optimizer state is ~3x its size
     return report
+
+
+def _build_model(config: FinetuneConfig, *, model_dir: Path, inputs: TaskInputs, strategy, total_steps: int):
+    """The classifier (pretrained or fresh weights), compiled, built inside the strategy's scope."""
+    from transformers import BertConfig, TFBertForSequenceClassification
+
+    labels = inputs.label_names
+    head = ({"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+             "label2id": {name: i for i, name in enumerate(labels)}} if inputs.classification
+            else {"num_labels": 1, "problem_type": "regression"})
+    with strategy.scope():
+        if config.init == "random":  # the baseline a pretrained checkpoint has to beat
+            model = TFBertForSequenceClassification(BertConfig.from_pretrained(model_dir, **head))
+            model(model.dummy_inputs, training=False)
+        else:
+            model = TFBertForSequenceClassification.from_pretrained(model_dir, **head)
+        metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if inputs.classification else []
+        model.compile(optimizer=build_optimizer(config, total_steps, model.config.num_hidden_layers),
+                      loss=Float32Loss(classification=inputs.classification), metrics=metrics)
+    return model
+
+
+def _evaluate(model, inputs: TaskInputs, split: str, *, brief: bool, outputs: np.ndarray | None = None) -> dict:
+    outputs = predict_outputs(model, inputs.encoded[split]) if outputs is None else outputs
+    if inputs.classification:
+        return metrics_lib.classification_metrics(outputs, inputs.targets[split], inputs.label_names, brief=brief)
+    return metrics_lib.regression_metrics(inputs.unscaled(outputs)[:, 0], inputs.scores[split], brief=brief)
+
+
+def _train(config: FinetuneConfig, *, model, inputs: TaskInputs, logger: EvalAndLog, steps_per_epoch: int,
+           verbose: int, callbacks: tuple[tf.keras.callbacks.Callback, ...]) -> tuple[int, float]:
+    """Fits from the last finished epoch of an interrupted run with this config (or from the start). Returns the
+    epochs resumed after and the training seconds, dev evaluation left out."""
+    checkpoints = Path(config.run_dir) / "checkpoints"
+    fingerprint = config_fingerprint(config, ignore=_NOT_FINGERPRINTED)
+    prepare_checkpoint_dir(checkpoints, resume=config.resume)
+    resumed = restore_checkpoint(checkpoints, model, logger, fingerprint)
+    first_epoch = resumed["epoch"] if resumed else 0
+    previous_seconds = resumed["train_seconds"] if resumed else 0.0
+    if resumed and verbose:
+        print(f"resuming {config.run_dir} after epoch {first_epoch} (best dev score {resumed['best']['score']:.4f})")
+    class_weight = (_balanced_class_weight(inputs) if inputs.classification and config.class_weights == "balanced"
+                    else None)
+    train_started = time.time()
+
+    def train_clock() -> float:
+        return round(previous_seconds + time.time() - train_started - logger.eval_seconds, 1)
+
+    if not (resumed and resumed["stopped"]):
+        model.fit(train_dataset(inputs.encoded["train"], inputs.targets["train"], config.batch_size, config.seed,
+                                first_epoch),
+                  epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                  callbacks=[logger, EpochCheckpoint(directory=checkpoints, fingerprint=fingerprint, logger=logger,
+                                                     train_clock=train_clock), *callbacks],
+                  class_weight=class_weight)
+    return first_epoch, train_clock()
+
+
+def _balanced_class_weight(inputs: TaskInputs) -> dict[int, float]:
+    """Class i weighs n / (classes · count_i) in the loss."""
+    labels, classes = inputs.targets["train"], len(inputs.label_names)
+    counts = np.bincount(labels, minlength=classes)
+    return {i: float(len(labels) / (classes * max(c, 1))) for i, c in enumerate(counts)}
+
+
+def _log_test(logger: EvalAndLog, test: dict, *, trial_id: str, hparam_values: dict) -> None:
+    """Test and best-dev scores, the HParams and (classification) the confusion matrix; closes the writers."""
+    from tensorboard.plugins.hparams import api as hparams
+
+    with logger.eval_writer.as_default(step=logger.step):
+        tf.summary.scalar("test_score", test["score"])
+        tf.summary.scalar("dev_score", logger.best["score"])
+        hparams.hparams(hparam_values, trial_id=trial_id)
+        if logger.classification:
+            tf.summary.scalar("test_accuracy", test["accuracy"])
+            tf.summary.image("test_confusion_matrix", metrics_lib.confusion_image(
+                np.array(test["confusion_matrix"]["rows_true_cols_predicted"])))
+    logger.eval_writer.close()
+    logger.train_writer.close()
+
+
+def _save_model(directory: Path, *, model, tokenizer, task: Task, config: FinetuneConfig,
+                inputs: TaskInputs) -> None:
+    """An HF model dir (weights, tokenizer) with moat_task.json: what export and serving read."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "moat_task.json").write_text(json.dumps({
+        "task": task.kind, "name": config.task, "labels": inputs.label_names, "target_scale": inputs.scale,
+        "max_length": config.max_length, "text_pair": inputs.splits["train"][1] is not None,
+        "lower_case": bool(getattr(tokenizer, "do_lower_case", True))}, indent=2))
+
+
+def _write_test_predictions(path: Path, inputs: TaskInputs, outputs: np.ndarray) -> None:
+    outputs, truth = ((outputs, inputs.targets["test"]) if inputs.classification
+                      else (inputs.unscaled(outputs), inputs.scores["test"]))
+    metrics_lib.write_predictions(path, inputs.splits["test"][0], outputs, truth, inputs.label_names)

@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, DataError
-from moatkit.models.compress.base import INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode, logits_of
+from moatkit.models.compress.base import (INPUT_NAMES, Batch, CompressContext, DistillSettings, Variant, encode,
+                                          logits_of)
 
 UNLABELED = -1  # label of a sentence that only has soft targets
 

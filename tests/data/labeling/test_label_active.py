@@ -6,7 +6,8 @@ import pytest
 
 from moatkit.data.core.errors import DataError
 from moatkit.data.dataset import read_records
-from moatkit.data.labeling.active import export_for_annotation, informativeness, merge_annotations, read_annotations, select
+from moatkit.data.labeling.active import (export_for_annotation, informativeness, merge_annotations, read_annotations,
+                                          select)
 from moatkit.data.labeling.baseline import TextClassifier, label_indices
 
 LABELS = ["negative", "positive"]

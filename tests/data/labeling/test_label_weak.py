@@ -8,7 +8,7 @@ import pytest
 from moatkit.data.core.errors import ConfigError, DataError
 from moatkit.data.dataset import read_manifest, read_records
 from moatkit.data.labeling.weak import (ABSTAIN, DawidSkene, LabelingFunction, WeakConfig, apply_lfs, labeling_function,
-                                load_lfs, majority_vote, run_weak, weak_label)
+                                        load_lfs, majority_vote, run_weak, weak_label)
 
 TREC_LFS = Path(__file__).resolve().parents[3] / "data" / "labeling" / "examples" / "trec_lfs.py"
 

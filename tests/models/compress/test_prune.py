@@ -10,7 +10,7 @@ import tensorflow_model_optimization as tfmot
 from moatkit.data.core.errors import ConfigError
 from moatkit.models.compress.base import PruneSettings, token_id_function
 from moatkit.models.compress.prune import (block_kernels, compress, m_by_n_holds, make_schedule, moat_classifier,
-                                   prune_keras_model, sparsity_of, word_embeddings)
+                                           prune_keras_model, sparsity_of, word_embeddings)
 from moatkit.models.compress.report import save_token_model, saved_model_predict
 
 # One epoch is 13 steps on the tiny model; frequency 2 gives several mask updates within it.

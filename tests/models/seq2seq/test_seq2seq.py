@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError
 from moatkit.models.seq2seq.data import EOS_ID, SPECIALS, SubwordTokenizer, load_pairs, split_pairs, train_vocab
-from moatkit.models.seq2seq.train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline, masked_loss_and_accuracy,
-                                  train_seq2seq)
+from moatkit.models.seq2seq.train import (InverseSqrtSchedule, Seq2SeqConfig, dictionary_baseline,
+                                          masked_loss_and_accuracy, train_seq2seq)
 from moatkit.models.transformer import TransformerConfig
 
 SENTENCES = ["Im Anfang schuf Gott Himmel und Erde.", "Und Gott sprach: Es werde Licht!"]
