@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: demo test test-all bench install clean beam-venv
+.PHONY: demo test test-all bench conformance install clean beam-venv
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) $(BEAM_STAMP)
 
 test-all: $(STAMP) $(BEAM_STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+
+# TensorFlow Serving's own end-to-end test file (tests/third_party/tensorflow_serving) against moat-model-server.
+conformance: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests/conformance/test_tf_serving_suite.py
 
 bench: $(STAMP)
 	$(BIN)/moat bench

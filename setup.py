@@ -48,7 +48,7 @@ setup(
                  "beautifulsoup4>=4.12", "pyarrow>=14", "numpy>=1.26",
                  "tensorboard>=2.21,<2.22"],  # the data card's TensorBoard text summary (no TensorFlow needed)
         "hf": ["datasets>=2.19"],  # `moat data prepare --source hf:NAME` (needs the Hugging Face hub)
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "portpicker>=1.6", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["moat=moatkit.app.cli:main", "moat-model-server=moatkit.serving.server:main"]},
 )

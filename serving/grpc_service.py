@@ -210,9 +210,10 @@ MAX_RECEIVE = "grpc.max_receive_message_length"
 
 
 def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = None, counter=None,
-                     max_workers: int = 64, channel_arguments: list[tuple[str, object]] = ()
-                     ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Builds (not starts) the gRPC server; returns (server, bound port, health servicer).
+                     max_workers: int = 64, channel_arguments: list[tuple[str, object]] = (),
+                     socket_path: str = "") -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds (not starts) the gRPC server; returns (server, bound port, health servicer). With `socket_path`
+    (--grpc_socket_path) it also listens on that Unix domain socket, as TF Serving does.
     Messages over grpc.max_receive_message_length (default DEFAULT_MAX_RECEIVE_BYTES) get RESOURCE_EXHAUSTED."""
     options = dict([(MAX_RECEIVE, DEFAULT_MAX_RECEIVE_BYTES), ("grpc.max_send_message_length", -1),
                     ("grpc.so_reuseport", 0)])
@@ -229,6 +230,8 @@ def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = Non
     bound = server.add_insecure_port(f"{host or bind_host()}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC port {port}")
+    if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
+        raise OSError(f"could not listen on the Unix socket {socket_path}")
     return server, bound, health_servicer
 
 

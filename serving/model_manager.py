@@ -1,8 +1,8 @@
 """Model manager for moat-model-server: discovers, loads, warms up, routes and unloads SavedModel versions.
 
 Mirrors TF Serving's ServerCore + AspiredVersionsManager with the availability-preserving policy:
-- a model is `<base_path>/<int version>/saved_model.pb`; the version policy (latest N / all / specific) picks
-  the aspired versions from what is on disk;
+- a model is `<base_path>/<int version>/saved_model.pb` (with --prefer_tflite_model also a lone
+  `model.tflite`); the version policy (latest N / all / specific) picks the aspired versions from what is on disk;
 - a new version is loaded and warmed up (replaying `assets.extra/tf_serving_warmup_requests`) before it
   becomes AVAILABLE, and versions that are no longer aspired are unloaded only once an aspired version is
   AVAILABLE, so a model never loses service during a transition;
@@ -31,6 +31,7 @@ log = logging.getLogger("moat.serving")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -126,9 +127,11 @@ class ModelManager:
     """Serves the configured models; `get_servable` is the routing entry point for REST and gRPC."""
 
     def __init__(self, configs: list[ModelConfig], *, poll_wait_seconds: float = 1.0,
-                 enable_warmup: bool = True, batcher=None, prefer_tflite: bool = False):
+                 enable_warmup: bool = True, batcher=None, prefer_tflite: bool = False,
+                 check_method_names: bool = False):
         self.batcher = batcher
         self.prefer_tflite = prefer_tflite  # --prefer_tflite_model, see _load
+        self.check_method_names = check_method_names  # --enable_signature_method_name_check
         self._configs = {c.name: c for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
         self._lock = threading.RLock()
@@ -203,8 +206,12 @@ class ModelManager:
 
     # -- file system -> transitions --
 
-    @staticmethod
-    def _versions_on_disk(base_path: str) -> dict[int, str]:
+    def _model_files(self) -> tuple[str, ...]:
+        """The files that make a numbered dir a version: a SavedModel, or with --prefer_tflite_model also a lone
+        model.tflite (as TF Serving's TFLite platform finds them)."""
+        return SAVED_MODEL_FILES + ((TFLITE_FILE,) if self.prefer_tflite else ())
+
+    def _versions_on_disk(self, base_path: str) -> dict[int, str]:
         found = {}
         try:
             entries = os.listdir(base_path)
@@ -212,9 +219,7 @@ class ModelManager:
             return found
         for entry in entries:
             path = os.path.join(base_path, entry)
-            if entry.isdigit() and os.path.isdir(path) and (
-                    os.path.exists(os.path.join(path, "saved_model.pb"))
-                    or os.path.exists(os.path.join(path, "saved_model.pbtxt"))):
+            if entry.isdigit() and any(os.path.isfile(os.path.join(path, name)) for name in self._model_files()):
                 found[int(entry)] = path
         return found
 
@@ -237,7 +242,7 @@ class ModelManager:
         states = self._states.setdefault(config.name, {})
         for version in sorted(aspired, reverse=True):
             path = on_disk[version]
-            mtime = _source_mtime(path)
+            mtime = _source_mtime(path, self._model_files())
             current = states.get(version)
             if current is not None and current.state == AVAILABLE:
                 continue
@@ -266,6 +271,7 @@ class ModelManager:
                 servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher)
             else:
                 servable = Servable(name=name, version=version, path=path, batcher=self.batcher)
+            servable.check_method_names = self.check_method_names
             if self.enable_warmup:
                 self._warmup(servable)
         except Exception as err:  # any load failure is reported in status, never raised to the poller
@@ -368,8 +374,8 @@ def _copy(state: VersionState) -> VersionState:
                         error_message=state.error_message)
 
 
-def _source_mtime(path: str) -> float:
-    for candidate in ("saved_model.pb", "saved_model.pbtxt"):
+def _source_mtime(path: str, model_files: tuple[str, ...]) -> float:
+    for candidate in model_files:
         try:
             return os.path.getmtime(os.path.join(path, candidate))
         except OSError:

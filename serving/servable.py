@@ -13,7 +13,9 @@ from collections import Counter
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.framework import tensor_shape_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.saved_model import load_v1_in_v2
 
 from moatkit.serving.tensors import FAILED_PRECONDITION, UNKNOWN, ServingError, coerce, invalid
 
@@ -24,7 +26,7 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 TFLITE_FILE = "model.tflite"  # served instead of the SavedModel with --prefer_tflite_model
 
 
-def _read_signature_defs(export_dir: str) -> dict:
+def _read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
     pb_path = os.path.join(export_dir, "saved_model.pb")
     saved_model = saved_model_pb2.SavedModel()
     if os.path.exists(pb_path):
@@ -37,16 +39,49 @@ def _read_signature_defs(export_dir: str) -> dict:
         saved_model.meta_graphs)
     if not graphs:
         raise ValueError(f"SavedModel at {export_dir} has no MetaGraphDef")
-    return dict(graphs[0].signature_def)
+    return graphs[0]
+
+
+class _SessionModelLoader(load_v1_in_v2._EagerSavedModelLoader):
+    """Loads a TF1 (session) SavedModel the way TF Serving's session runs it: placeholder and signature shapes are
+    not enforced, so any feed the graph can compute is taken, and graphs whose declared shapes contradict an op
+    that a signature never runs (TF Serving's half_plus_three) still load. tf.saved_model.load has no such
+    option; its own v1 loader is reused with the shapes relaxed in the MetaGraphDef it reads."""
+
+    def get_meta_graph_def_from_tags(self, tags):
+        meta_graph = super().get_meta_graph_def_from_tags(tags)
+        unknown = tensor_shape_pb2.TensorShapeProto(unknown_rank=True)
+        for node in meta_graph.graph_def.node:
+            if node.op in ("Placeholder", "PlaceholderV2"):
+                node.attr["shape"].shape.CopyFrom(unknown)
+        for signature in meta_graph.signature_def.values():
+            for info in [*signature.inputs.values(), *signature.outputs.values()]:
+                info.tensor_shape.CopyFrom(unknown)
+        return meta_graph
+
+
+def load_saved_model(path: str, meta_graph: meta_graph_pb2.MetaGraphDef, tags: list[str]):
+    """A TF2 SavedModel (with an object graph) through tf.saved_model.load; a TF1 one as a session model."""
+    if meta_graph.object_graph_def.nodes:
+        return tf.saved_model.load(path, tags=tags)
+    return _SessionModelLoader(path).load(tags=tags)
 
 
 class Servable:
-    """A loaded SavedModel version; thread-safe to call from many request threads."""
+    """A loaded SavedModel version; thread-safe to call from many request threads.
+
+    Inputs are fed as they come, whatever the signature's static shape says: TF Serving runs every SavedModel in a
+    session that takes any feed the graph can compute (for TF1 models, see `_SessionModelLoader`), and restored TF2
+    signature functions behave the same, so a shape the graph cannot use fails in the graph with TensorFlow's own
+    message and code."""
+
+    check_method_names = False  # --enable_signature_method_name_check: Classify/Regress need their method names
 
     def __init__(self, *, name: str, version: int, path: str, batcher=None):
         self.name, self.version, self.path = name, version, path
-        self.signature_defs = _read_signature_defs(path)
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        meta_graph = _read_meta_graph(path)
+        self.signature_defs = dict(meta_graph.signature_def)
+        self._loaded = load_saved_model(path, meta_graph, ["serve"])
         self._functions = dict(self._loaded.signatures)
         self.batcher = batcher  # a serving.batching.BatchScheduler when --enable_batching
         self.signature_calls: Counter = Counter()  # signature name -> times the function ran
@@ -79,7 +114,6 @@ class Servable:
         feeds = {}
         for index, alias in enumerate(sorted(sig.inputs)):
             array = coerce(inputs[alias], tf.as_dtype(sig.inputs[alias].dtype), arg_index=index)
-            _check_shape(alias, array.shape, sig.inputs[alias].tensor_shape)
             if self.batcher is not None and array.dtype.kind in "SU":
                 array = array.astype(object)  # bytes and str rows from different requests concatenate
             feeds[alias] = array
@@ -111,7 +145,7 @@ class Servable:
     def _examples_signature(self, signature_name: str, method: str):
         name = signature_name or DEFAULT_SIGNATURE
         sig = self.signature_def(name)
-        if sig.method_name != method:
+        if self.check_method_names and sig.method_name != method:
             kind = "classification" if method == CLASSIFY_METHOD else "regression"
             raise ServingError(FAILED_PRECONDITION, f"Expected {kind} signature method_name to be {method}. "
                                                     f"Was: {sig.method_name}")
@@ -142,16 +176,6 @@ class Servable:
         if "outputs" not in out:
             raise invalid("No output Tensor named 'outputs' in regression signature.")
         return [float(v) for v in np.reshape(out["outputs"], -1)]
-
-
-def _check_shape(alias: str, shape: tuple, shape_proto) -> None:
-    """Session-based TF Serving rejects feeds that don't fit the placeholder; restored TF2 functions don't."""
-    if shape_proto.unknown_rank:
-        return
-    expected = [d.size for d in shape_proto.dim]
-    if len(expected) != len(shape) or any(e >= 0 and e != got for e, got in zip(expected, shape)):
-        raise invalid(f"input tensor alias {alias} has shape {list(shape)} which is incompatible with the "
-                      f"signature shape {expected}")
 
 
 def _error_text(message: str) -> str:

@@ -84,8 +84,9 @@ SUPPORTED = {"port", "rest_api_port", "rest_api_timeout_in_ms", "model_config_fi
              "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "file_system_poll_wait_seconds",
              "enable_model_warmup", "version", "monitoring_config_file", "tensorflow_intra_op_parallelism",
              "tensorflow_inter_op_parallelism", "saved_model_tags", "rest_api_num_threads", "grpc_max_threads",
-             "enable_batching", "batching_parameters_file", "prefer_tflite_model",
-             "grpc_channel_arguments", "rest_api_max_request_bytes"}
+             "enable_batching", "batching_parameters_file", "prefer_tflite_model", "use_tflite_model",
+             "enable_signature_method_name_check", "grpc_socket_path", "grpc_channel_arguments",
+             "rest_api_max_request_bytes"}
 
 
 class FlagError(ServerError):
@@ -272,18 +273,21 @@ class ModelServer:
             log.warning("--batching_parameters_file has no effect without --enable_batching")
         self.manager = ModelManager(self._configs(), poll_wait_seconds=opts.file_system_poll_wait_seconds,
                                     enable_warmup=opts.enable_model_warmup, batcher=self.batcher,
-                                    prefer_tflite=opts.prefer_tflite_model)
+                                    prefer_tflite=opts.prefer_tflite_model or opts.use_tflite_model,
+                                    check_method_names=opts.enable_signature_method_name_check)
         self.manager.start()  # like TF Serving, the initial load finishes before ports open
         self.counter = rest.RequestCounter()
         if self.batcher is not None:
             self.counter.extra_sources.append(self.batcher.prometheus_text)
         self.grpc_server, self.grpc_port, self.health = grpc_service.make_grpc_server(
             self.manager, port=opts.port, counter=self.counter, max_workers=opts.grpc_max_threads or 64,
-            channel_arguments=parse_channel_arguments(opts.grpc_channel_arguments))
+            channel_arguments=parse_channel_arguments(opts.grpc_channel_arguments), socket_path=opts.grpc_socket_path)
         self.grpc_server.start()
         grpc_service.set_health(self.health, self.manager, serving=True)
         host = grpc_service.bind_host()
         print(f"Running gRPC ModelServer at {host}:{self.grpc_port} ...", flush=True)
+        if opts.grpc_socket_path:
+            print(f"Running gRPC ModelServer at UNIX socket {opts.grpc_socket_path} ...", flush=True)
         self.http_server = None
         if opts.rest_api_port:
             self.rest_api = rest.RestApi(self.manager, timeout_ms=opts.rest_api_timeout_in_ms, counter=self.counter,

@@ -1,11 +1,13 @@
 """A model version served by the TFLite interpreter (`--prefer_tflite_model`), like TF Serving's TfLiteSession.
 
-When the flag is set and a version dir holds `model.tflite` next to the SavedModel, the model manager loads a
+When the flag is set and a version dir holds `model.tflite` (next to the SavedModel or alone), the model manager loads a
 `TFLiteServable` instead of a `Servable`. It presents the same interface (signature_defs for metadata, predict,
 classify/regress through signatures, the batcher), so REST, gRPC, warm-up and batching need no TFLite branch.
 
 Signatures come from the flatbuffer's SignatureDefs (one signature runner each); their TensorInfos are rebuilt from
 the runner's tensor details so GetModelMetadata shows the real aliases, dtypes and shapes (-1 for dynamic dims).
+A flatbuffer without them is served as TF Serving serves it (see `signature_defs_of`). With the flag, a version
+dir may hold model.tflite alone.
 tensorflow_text's TFLite kernels (FastBertNormalize, FastWordpieceTokenize, RaggedTensorToTensor) are registered
 when tensorflow_text is installed, so text models exported with `tflite: true` take raw strings end to end.
 """
@@ -24,8 +26,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from moatkit.serving.servable import PREDICT_METHOD, TFLITE_FILE, Servable
-from moatkit.serving.tensors import INTERNAL, ServingError, invalid
+from moatkit.serving.servable import DEFAULT_SIGNATURE, PREDICT_METHOD, TFLITE_FILE, Servable
+from moatkit.serving.tensors import invalid
 
 
 
@@ -59,18 +61,74 @@ def _tensor_info(detail: dict) -> meta_graph_pb2.TensorInfo:
                                                            for d in shape]))
 
 
-def signature_defs_of(interpreter) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """SignatureDef protos (method `predict`) for every signature in the flatbuffer."""
-    defs = {}
-    for key in interpreter.get_signature_list():
-        runner = interpreter.get_signature_runner(key)
-        signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
-        for alias, detail in runner.get_input_details().items():
-            signature.inputs[alias].CopyFrom(_tensor_info(detail))
-        for alias, detail in runner.get_output_details().items():
-            signature.outputs[alias].CopyFrom(_tensor_info(detail))
-        defs[key] = signature
-    return defs
+def signature_defs_of(interpreter, model_content: bytes = b"") -> tuple[dict[str, meta_graph_pb2.SignatureDef], bool]:
+    """SignatureDef protos (method `predict`) of a flatbuffer, and whether they are its native signatures (one
+    signature runner each). Models converted without signatures are served as TF Serving's TfLiteSession serves
+    them: through the TF SignatureDefs stored in the `signature_defs_metadata` buffer when there are some, else
+    as one `serving_default` whose aliases are the input and output tensor names."""
+    if interpreter.get_signature_list():
+        defs = {}
+        for key in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(key)
+            signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+            for alias, detail in runner.get_input_details().items():
+                signature.inputs[alias].CopyFrom(_tensor_info(detail))
+            for alias, detail in runner.get_output_details().items():
+                signature.outputs[alias].CopyFrom(_tensor_info(detail))
+            defs[key] = signature
+        return defs, True
+    stored = _metadata_signature_defs(model_content)
+    if stored:
+        return stored, False
+    signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+    for details, infos in ((interpreter.get_input_details(), signature.inputs),
+                           (interpreter.get_output_details(), signature.outputs)):
+        for detail in details:
+            infos[detail["name"]].CopyFrom(_tensor_info(detail))
+    return {DEFAULT_SIGNATURE: signature}, False
+
+
+def _metadata_signature_defs(model_content: bytes) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs that tf.lite's signature_def_utils.set_signature_defs stores as model metadata (a
+    flexbuffer map of serialized protos); the pip TensorFlow does not ship the reader, hence these lines."""
+    from flatbuffers import flexbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_content, 0))
+    for metadata in model.metadata or []:
+        if metadata.name == b"signature_defs_metadata":
+            stored = flexbuffers.Loads(bytes(model.buffers[metadata.buffer].data))
+            defs = {}
+            for key, blob in stored.items():
+                defs[key] = meta_graph_pb2.SignatureDef.FromString(blob if isinstance(blob, bytes) else
+                                                                   blob.encode("latin-1"))
+            return defs
+    return {}
+
+
+def _tensor_name_call(interpreter, signature: meta_graph_pb2.SignatureDef):
+    """Runs `signature` by tensor names, filling tensors as TfLiteSession does: an input whose element count fits
+    the tensor is reshaped to it, any other is resized to the request's shape; every output is copied out."""
+    def index(name: str, details: list[dict]) -> int:
+        return next(d["index"] for d in details if d["name"] == name.split(":")[0])
+
+    inputs = {alias: index(info.name, interpreter.get_input_details()) for alias, info in signature.inputs.items()}
+    outputs = {alias: index(info.name, interpreter.get_output_details()) for alias, info in signature.outputs.items()}
+
+    def call(**feeds):
+        shapes = {d["index"]: d["shape"] for d in interpreter.get_input_details()}
+        for alias, array in feeds.items():
+            if np.size(array) != int(np.prod(shapes[inputs[alias]])):
+                interpreter.resize_tensor_input(inputs[alias], np.shape(array))
+        interpreter.allocate_tensors()
+        shapes = {d["index"]: (d["shape"], d["dtype"]) for d in interpreter.get_input_details()}
+        for alias, array in feeds.items():
+            shape, dtype = shapes[inputs[alias]]
+            interpreter.set_tensor(inputs[alias], np.reshape(array, shape).astype(dtype))
+        interpreter.invoke()
+        return {alias: interpreter.get_tensor(i).copy() for alias, i in outputs.items()}
+
+    return call
 
 
 class TFLiteServable(Servable):
@@ -81,16 +139,16 @@ class TFLiteServable(Servable):
                  num_threads: int | None = None):
         # Servable.__init__ is not called: it would load the SavedModel this servable replaces.
         self.name, self.version, self.path = name, version, path
-        model_path = os.path.join(path, TFLITE_FILE)
-        pool = [make_interpreter(model_path=model_path, num_threads=num_threads) for _ in range(max(interpreters, 1))]
-        if not pool[0].get_signature_list():
-            raise ServingError(INTERNAL, f"{model_path} has no SignatureDefs; convert with "
-                                         "TFLiteConverter.from_saved_model/from_concrete_functions so it has one")
-        self.signature_defs = signature_defs_of(pool[0])
+        with open(os.path.join(path, TFLITE_FILE), "rb") as handle:
+            content = handle.read()
+        pool = [make_interpreter(model_content=content, num_threads=num_threads) for _ in range(max(interpreters, 1))]
+        self.signature_defs, native = signature_defs_of(pool[0], content)
         self._functions = {key: key for key in self.signature_defs}  # Servable.signature_def checks membership
         self._pool: queue.Queue = queue.Queue()
         for interpreter in pool:
-            self._pool.put((interpreter, {key: interpreter.get_signature_runner(key) for key in self.signature_defs}))
+            calls = {key: interpreter.get_signature_runner(key) if native else _tensor_name_call(interpreter, sig)
+                     for key, sig in self.signature_defs.items()}
+            self._pool.put((interpreter, calls))
         self.batcher = batcher
         self.signature_calls: Counter = Counter()
         self._calls_lock = threading.Lock()

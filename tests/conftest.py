@@ -25,3 +25,8 @@ def small_run(tmp_path_factory, minilm_dir, mr_dir):
     config = FinetuneConfig(run_dir=str(run_dir), max_train_examples=1000, max_eval_examples=400, epochs=2, learning_rate=1e-4,
                             max_length=48, log_every=5)
     return finetune(config, verbose=0)
+
+
+# TensorFlow Serving's own test file (tests/third_party/) runs in a process of its own with its own environment
+# (tests/conformance/test_tf_serving_suite.py), never as part of this collection.
+collect_ignore = ["third_party"]

@@ -1,6 +1,8 @@
 """`moat bench` writes side-by-side measurements as JSON and a markdown table."""
 import json
 
+import pytest
+
 
 def test_bench_tokenize(tmp_path):
     from moatkit.app.bench import BenchConfig, run_bench
@@ -17,6 +19,7 @@ def test_bench_tokenize(tmp_path):
     assert table[0].startswith("| benchmark |") and len(table) == 3  # header, rule, tokenize
 
 
+@pytest.mark.slow  # two fresh fine-tuning processes scored on all 2,114 MR test sentences (~80 s); `make test-all`
 def test_bench_finetune_and_skipped_serving(tmp_path, minilm_dir, mr_dir):
     from moatkit.app.bench import BenchConfig, run_bench
 

@@ -168,9 +168,13 @@ def test_servable_errors(tmp_path, model_templates):
         servable.predict({"x": np.zeros(1, np.float32)})
     with pytest.raises(ServingError, match="output tensor alias not found in signature: nope"):
         servable.predict({"text": np.array(["a"], dtype=object)}, output_filter=("nope",))
-    with pytest.raises(ServingError) as err:
-        servable.predict({"x": np.zeros((1, 4), np.float32), "scale": np.ones(1, np.float32)},
-                         signature_name="numeric")
+    # Fed as TF Serving's session feeds it: another static shape is computed when the graph can (x is [None, 3])…
+    wider = servable.predict({"x": np.full((1, 4), 3.0, np.float32), "scale": np.ones(1, np.float32)},
+                             signature_name="numeric")
+    np.testing.assert_allclose(wider["y"], [4.0])  # sum(x) * scale / 3 + offset 0
+    # …and one it cannot compute fails in the graph with TensorFlow's message, as INVALID_ARGUMENT
+    with pytest.raises(ServingError, match=r"Invalid reduction dimension \(1 for input with 1 dimension") as err:
+        servable.predict({"x": np.zeros(4, np.float32), "scale": np.ones(1, np.float32)}, signature_name="numeric")
     assert err.value.code == "INVALID_ARGUMENT"
     only = servable.predict({"text": np.array(["a"], dtype=object)}, output_filter=("label",))
     assert set(only) == {"label"}
@@ -181,5 +185,11 @@ def test_servable_errors(tmp_path, model_templates):
     assert (short, long_) == ("short", "long")
     assert p_long == pytest.approx(0.5, abs=1e-6)
     assert servable.regress([example.SerializeToString()], signature_name="regress") == [7.0]
-    with pytest.raises(ServingError, match="Expected classification signature method_name"):
+    # serving_default is a predict signature: TF Serving checks the method name only with
+    # --enable_signature_method_name_check; without it the signature is tried and lacks classes/scores
+    with pytest.raises(ServingError, match="outputs to contain classes or scores"):
         servable.classify([example.SerializeToString()])
+    servable.check_method_names = True
+    with pytest.raises(ServingError, match="Expected classification signature method_name") as err:
+        servable.classify([example.SerializeToString()])
+    assert err.value.code == "FAILED_PRECONDITION"
