@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from moatkit.serving import tensors
 from moatkit.serving.model_manager import ModelManager
 from moatkit.serving.servable import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, input_examples
+from moatkit.serving.errors import ServerError
 from moatkit.serving.tensors import ServingError, invalid
 
 log = logging.getLogger("moat.serving")
@@ -227,12 +228,21 @@ def make_grpc_server(manager: ModelManager, *, port: int, host: str | None = Non
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host or bind_host()}:{port}")
+    bound = _listen(server, f"{host or bind_host()}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC port {port}")
-    if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
-        raise OSError(f"could not listen on the Unix socket {socket_path}")
+    if socket_path and _listen(server, f"unix:{socket_path}") == 0:
+        raise ServerError(f"could not listen on the Unix socket {socket_path}",
+                          fix="pass --grpc_socket_path a path in an existing, writable directory")
     return server, bound, health_servicer
+
+
+def _listen(server: grpc.Server, address: str) -> int:
+    """The bound port, or 0 when binding failed (grpcio reports that as 0 or, in newer releases, RuntimeError)."""
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        return 0
 
 
 def set_health(health_servicer: health.HealthServicer, manager: ModelManager, *, serving: bool) -> None:

@@ -24,6 +24,13 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 NATIVE_LOG_LINE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.\-]+:\d+\] |WARNING: All log messages "
                              rb"before absl::InitializeLog\(\) is called are written to STDERR)")
 NATIVE_LOG_CONTINUATION = re.compile(rb"^To enable the following instructions: ")
+_TEXT_PREFIXES = (b"WARNING: All log messages", b"To enable the following instructions")
+
+
+def _may_begin_native_line(piece: bytes) -> bool:
+    """Whether an unfinished piece of output could still turn out to be a native log line."""
+    return bool(re.match(rb"[IWEF](?:\d|$)", piece)) or any(
+        prefix.startswith(piece[:len(prefix)]) for prefix in _TEXT_PREFIXES)
 
 
 def filter_native_logs() -> None:
@@ -38,10 +45,19 @@ def filter_native_logs() -> None:
     os.close(write_end)
 
     def forward():
-        with os.fdopen(read_end, "rb") as lines:
-            for line in lines:
-                if not (NATIVE_LOG_LINE.match(line) or NATIVE_LOG_CONTINUATION.match(line)):
-                    os.write(terminal, line)
+        # Chunks, not lines: a progress bar (tqdm) redraws with '\r' and must not wait for a newline. Only a piece
+        # that could begin a log line is held back until its end arrives.
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            pieces = re.split(rb"(?<=[\r\n])", pending + chunk)
+            pending = pieces.pop()
+            if pending and not _may_begin_native_line(pending):
+                pieces.append(pending)
+                pending = b""
+            os.write(terminal, b"".join(p for p in pieces if not NATIVE_LOG_LINE.match(p)
+                                        and not NATIVE_LOG_CONTINUATION.match(p)))
+        os.write(terminal, pending)
+        os.close(read_end)
 
     thread = threading.Thread(target=forward, name="moat-stderr-filter", daemon=True)
     thread.start()

@@ -91,3 +91,15 @@ def test_tensorflow_native_log_lines_stay_off_the_terminal_unless_verbose():
         "error: unknown config key 'nope' — allowed keys: model_dir, repo, name, version, max_length, tflite"]
     verbose = _moat("--verbose", "export", "--set", "nope=1")
     assert verbose.returncode == 2 and native_lines(verbose)  # oneDNN / CUDA notices on this CPU machine
+
+
+def test_native_log_filter_passes_progress_bars_and_drops_only_log_lines():
+    script = ("import os, sys\n"
+              "from moatkit.data.core.env import filter_native_logs\n"
+              "filter_native_logs()\n"
+              "os.write(2, b'I0000 00:00:1796587168.324344    8550 port.cc:153] oneDNN custom operations are on\\n')\n"
+              "sys.stderr.write('fetch:  50%|#####     |\\r'); sys.stderr.flush()\n"
+              "sys.stderr.write('fetch: 100%|##########|\\nEpoch 1 done\\n')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": ""})
+    assert result.stderr == b"fetch:  50%|#####     |\rfetch: 100%|##########|\nEpoch 1 done\n"

@@ -3,9 +3,9 @@ moat-model-server: every test passes but those that need what this server does n
 `make conformance` runs it; it is slow (each of ~30 tests starts a server), so the default suite skips it."""
 import os
 import sys
+import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-import subprocess
 
 import pytest
 

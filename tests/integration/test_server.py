@@ -296,3 +296,14 @@ def test_single_model_polls_new_versions_and_stops_on_sigterm(saved_models, tmp_
         assert "Server stopped" in proc.output()
     finally:
         proc.stop()
+
+
+def test_unusable_grpc_socket_path_is_one_line_and_exit_2(tmp_path):
+    model = (Path(__file__).resolve().parents[1] / "third_party" / "tensorflow_serving" / "tensorflow_serving" /
+             "servables" / "tensorflow" / "testdata" / "saved_model_half_plus_two_cpu")
+    result = subprocess.run([sys.executable, "-m", "moatkit.serving.server", "--port=0", "--model_name=m",
+                             f"--model_base_path={model}",
+                             f"--grpc_socket_path={tmp_path / 'missing' / 'dir' / 'sock'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "could not listen on the Unix socket" in result.stderr.splitlines()[-1]
