@@ -30,6 +30,9 @@ setup(
         "tensorboard>=2.21,<2.22",
         "grpcio>=1.60",
         "grpcio-health-checking>=1.60",
+        "prometheus-client>=0.20",  # `moat monitor follow` gauges (serving/monitoring/follow.py)
+        "py3langid>=0.3,<1",  # language share of logged texts (serving/monitoring/text_stats.py)
+        "google-crc32c>=1.5",  # TFRecord checksums of the request logs, read at byte offsets (serving/monitoring/logs.py)
         "pyyaml>=6",
         "tqdm>=4.60",
         "numpy>=1.26",

@@ -11,6 +11,7 @@
 - pretrain: one BERT pretraining step (4L/256H, float32) of ours vs HF TFBertForPreTraining, with model-FLOPs
   utilisation against a matmul peak measured in the same run (models/bert_bench.py).
 - compress: the MR compression report of runs/sentiment/model (models/compress/report.py).
+- monitor: the drift scenario (MR → amazon / nyt) through the served model's request logs (app/bench_monitor.py).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from moatkit.data.core.errors import ConfigError
 from moatkit.models.finetune import resolve_model_dir
 
 
-BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress")
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor")
 
 
 @dataclasses.dataclass
@@ -296,6 +297,11 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
         results["compress"] = bench_compress(out_dir=str(Path(config.out_dir) / "compress"), log=log)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results["monitor"] = None  # drift scenario through the served model's logs (app/bench_monitor.py)
+    if "monitor" in config.benchmarks:
+        from moatkit.app.bench_monitor import MonitorBench, run_monitor_bench
+        results["monitor"] = run_monitor_bench(MonitorBench(model_base_path=config.model_base_path,
+                                                            model_name=config.model_name), out, log=log)
     # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
     previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
     stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}

@@ -27,6 +27,7 @@ class DemoConfig:
     sentences: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_SENTENCES))
     latency_requests: int = 50
     min_test_accuracy: float = 0.80  # the demo fails loudly below this
+    monitoring_profile: bool = True  # write the `moat monitor` reference profile into the exported version
 
     def validate(self):
         if not self.sentences or not all(s.strip() for s in self.sentences):
@@ -77,9 +78,13 @@ def _finetune_and_export(config: DemoConfig, *, log) -> tuple[dict, dict]:
     log(f"      test accuracy {report['test']['accuracy']:.4f} on {report['sizes']['test']} held-out sentences "
         f"(train {report['sizes']['train']}, {report['timings']['train_seconds']} s)")
     log("[2/4] exporting a SavedModel that tokenizes raw strings in the graph")
+    from moatkit.app.monitor_profile import export_profile_hook
+
+    extra = export_profile_hook(log=log) if config.monitoring_profile else None
     exported = export_text_model(ExportConfig(model_dir=report["saved_model_dir"], repo=config.repo,
-                                              name=config.model_name))
-    log(f"      {exported['version_dir']} ({exported['bytes'] / 1e6:.1f} MB)")
+                                              name=config.model_name), extra=extra)
+    profiled = " + monitoring profile" if "monitoring_profile" in exported else ""
+    log(f"      {exported['version_dir']} ({exported['bytes'] / 1e6:.1f} MB{profiled})")
     return report, exported
 
 

@@ -6,6 +6,8 @@ Signatures (all tokenize raw strings in the graph, so clients need no tokenizer)
 - `classify` (classifiers; TF Serving Classify API): `inputs` = serialized tf.Example with a bytes feature
   `text` → `classes` (batch, labels) string, `scores` (batch, labels) float32.
 - `regress` (regressors; TF Serving Regress API): `inputs` as above → `outputs` (batch,) float32.
+- `embed` (predict): `text` → `embedding` (batch, hidden) float32, the mask-averaged last hidden layer: the
+  sentence representation the monitor's drift test compares (serving/monitoring).
 `assets.extra/tf_serving_warmup_requests` holds PredictionLog warm-up requests.
 With `tflite: true`, `model.tflite` holds `serving_default` too (raw strings in; served with --prefer_tflite_model).
 """
@@ -16,6 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -36,6 +39,7 @@ class ExportConfig:
     version: int | None = None  # default: one more than the newest version in the repository
     max_length: int | None = None  # default: the fine-tuning max_length
     tflite: bool = False  # also write model.tflite (serving_default only) for --prefer_tflite_model
+    monitoring_profile: bool = True  # `moat export` also writes the monitor's reference profile (from the dev split)
 
     def validate(self):
         if self.version is not None and self.version < 1:
@@ -67,6 +71,14 @@ class TextModelModule(tf.Module):
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
         return tf.cast(logits, tf.float32)  # (batch, labels) or (batch, 1)
 
+    def embed(self, text):
+        input_ids, attention_mask = self.tokenizer(text)  # (batch, seq)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                            training=False).hidden_states[-1]  # (batch, seq, hidden)
+        mask = tf.cast(attention_mask, hidden.dtype)[:, :, None]
+        pooled = tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return {"embedding": tf.cast(pooled, tf.float32)}  # (batch, hidden)
+
     @staticmethod
     def _texts(serialized_examples):
         return tf.io.parse_example(serialized_examples, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
@@ -90,11 +102,12 @@ class TextModelModule(tf.Module):
     def signatures(self) -> dict:
         """Only the task's signatures are traced (a regressor has no labels to classify with)."""
         text = [tf.TensorSpec([None], tf.string, name="text")]
+        embed = tf.function(self.embed, input_signature=text)
         if self.labels is not None:
             return {"serving_default": tf.function(self.predict_labels, input_signature=text),
-                    "classify": tf.function(self.classify, input_signature=[_EXAMPLE_SPEC])}
+                    "classify": tf.function(self.classify, input_signature=[_EXAMPLE_SPEC]), "embed": embed}
         return {"serving_default": tf.function(self.predict_score, input_signature=text),
-                "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC])}
+                "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC]), "embed": embed}
 
 
 def set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
@@ -160,8 +173,10 @@ def write_version(base: Path, version: int | None, write) -> tuple[Path, int, in
     return final, version, sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
 
 
-def export_text_model(config: ExportConfig) -> dict:
-    """Writes a new version atomically (temp dir, then rename) so a polling server never sees half a model."""
+def export_text_model(config: ExportConfig, *, extra: Callable[[Path, dict], dict] | None = None) -> dict:
+    """Writes a new version atomically (temp dir, then rename) so a polling server never sees half a model.
+    `extra(staging_dir, task)` may add files to the version before it is published (the app layer writes the
+    monitoring profile this way); what it returns is merged into the result."""
     model, vocab, task = load_text_model(config.model_dir)
     if task.get("text_pair"):
         raise ModelError(f"'{config.model_dir}' was trained on text pairs; export supports single texts so far",
@@ -177,10 +192,13 @@ def export_text_model(config: ExportConfig) -> dict:
         write_warmup(staging, config.name)
         if config.tflite:
             (staging / TFLITE_FILE).write_bytes(convert_to_tflite(module))
+        if extra is not None:
+            added.update(extra(staging, task) or {})
 
+    added: dict = {}
     final, version, size = write_version(Path(config.repo) / config.name, config.version, write)
     result = {"version_dir": str(final), "version": version, "bytes": size, "labels": task.get("labels"),
-              "signatures": sorted(signatures)}
+              "signatures": sorted(signatures), **added}
     if config.tflite:
         result["tflite_bytes"] = (final / TFLITE_FILE).stat().st_size
     return result

@@ -400,7 +400,9 @@ def _save_model(directory: Path, *, model, tokenizer, task: Task, config: Finetu
     (directory / "moat_task.json").write_text(json.dumps({
         "task": task.kind, "name": config.task, "labels": inputs.label_names, "target_scale": inputs.scale,
         "max_length": config.max_length, "text_pair": inputs.splits["train"][1] is not None,
-        "lower_case": bool(getattr(tokenizer, "do_lower_case", True))}, indent=2))
+        "lower_case": bool(getattr(tokenizer, "do_lower_case", True)),
+        # where the dev split lives, so `moat export` can write the monitoring profile from it
+        "split_dir": str(inputs.split_dir), "target": config.target or task.target}, indent=2))
 
 
 def _write_test_predictions(path: Path, inputs: TaskInputs, outputs: np.ndarray) -> None:

@@ -10,7 +10,11 @@ from moatkit.data.core.errors import MoatError
 
 def export(args, config) -> None:
     from moatkit.models.export import export_text_model
-    print(json.dumps(export_text_model(config)))
+    extra = None
+    if config.monitoring_profile:
+        from moatkit.app.monitor_profile import export_profile_hook
+        extra = export_profile_hook()
+    print(json.dumps(export_text_model(config, extra=extra)))
 
 
 def predict(args) -> None:
