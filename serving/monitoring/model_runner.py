@@ -25,6 +25,12 @@ class VersionModel:
                                      fix="pass a model version dir <repo>/<model>/<version>")
         self._loaded = tf.saved_model.load(str(self.version_dir))
         self.signatures = dict(self._loaded.signatures)
+        default = self.signatures.get("serving_default")
+        inputs = default.structured_input_signature[1] if default is not None else {}
+        if "text" not in inputs or inputs["text"].dtype != tf.string:
+            raise ServingConfigError(
+                f"'{self.version_dir}': serving_default takes {sorted(inputs) or 'no inputs'}, not a string 'text'",
+                fix="moat monitor watches text models exported by `moat export` (raw strings in)")
 
     @property
     def has_embeddings(self) -> bool:
@@ -34,6 +40,10 @@ class VersionModel:
         import tensorflow as tf
 
         function = self.signatures[signature]
+        if key not in function.structured_outputs:
+            raise ServingConfigError(f"'{self.version_dir}': {signature} has no '{key}' output "
+                                     f"(it has {sorted(function.structured_outputs)})",
+                                     fix="export the model with `moat export`")
         chunks = [function(text=tf.constant(texts[i:i + BATCH], tf.string))[key].numpy()
                   for i in range(0, len(texts), BATCH)]
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)

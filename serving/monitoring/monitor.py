@@ -17,7 +17,7 @@ from moatkit.serving.monitoring.profile import read_profile
 from moatkit.serving.monitoring.windows import Window, WindowEvaluator
 from moatkit.serving.errors import ServingConfigError
 
-MAX_TESTS = 7
+MAX_TESTS = 8
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """One window of logged texts against the reference profile: every detector's test, the alarm decision and the
 label-free accuracy estimate.
 
-False alarms: each window runs k tests (up to 7); the window alarms when any p-value is below alpha / k
+False alarms: each window runs k tests (up to 8); the window alarms when any p-value is below alpha / k
 (Bonferroni), so a window of in-distribution traffic alarms with probability ≤ alpha whatever the detectors'
 correlation. Over a stream of W evaluated windows the expected number of false alarms is ≤ alpha · W; with
 `confirm` = 2 an alarm also needs the previous window to have failed (about alpha² per window for disjoint
@@ -56,6 +56,8 @@ class WindowEvaluator:
             results["embedding_mmd"] = detectors.mmd(self.reference_embeddings, window.embeddings,
                                                      bandwidth=self.bandwidth, permutations=self.permutations,
                                                      seed=self.seed)
+            results["embedding_classifier"] = detectors.domain_classifier(self.reference_embeddings,
+                                                                          window.embeddings, seed=self.seed)
         return results
 
     def evaluate(self, window: Window) -> dict:

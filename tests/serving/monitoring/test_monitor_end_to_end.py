@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from moatkit.app.cli import main
-from moatkit.data.dataset import read_records
+from moatkit.data.dataset import read_records, write_dataset
 from moatkit.serving import client
 from moatkit.serving.monitoring.config import MonitorConfig
 from moatkit.serving.monitoring.follow import follow
@@ -213,3 +213,16 @@ def test_embed_signature_is_the_mask_averaged_last_layer(profiled, small_run):
     expected = (hidden * mask).sum(1) / mask.sum(1)
     assert served.shape == (3, 384)
     np.testing.assert_allclose(served, expected, atol=2e-4)
+
+
+def test_a_version_with_a_non_text_signature_is_one_line(tmp_path, capsys):
+    from tests.serving_helpers import save_half_plus
+
+    save_half_plus(str(tmp_path / "repo" / "half" / "1"))
+    (tmp_path / "dev").mkdir()
+    write_dataset(tmp_path / "dev", [{"id": str(i), "text": f"text {i}", "label": "a"} for i in range(60)],
+                  name="dev", provenance={}, license="test")
+    code = main(["monitor", "profile", "--set", f"repo={tmp_path / 'repo'}", "--set", "model=half",
+                 "--set", f"data={tmp_path / 'dev'}"])
+    error = capsys.readouterr().err
+    assert code == 2 and "not a string 'text'" in error and "Traceback" not in error

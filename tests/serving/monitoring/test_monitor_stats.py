@@ -33,6 +33,17 @@ def test_mmd_permutation_test_is_calibrated_and_sees_a_mean_shift():
     assert shifted["p_value"] <= 1 / 201 + 1e-9  # the smallest p-value 200 permutations can give
 
 
+def test_domain_classifier_holds_alpha_and_sees_a_partial_shift():
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(500, 16))
+    p_same = [detectors.domain_classifier(reference, rng.normal(size=(100, 16)), seed=i)["p_value"]
+              for i in range(60)]
+    assert np.mean(np.array(p_same) < 0.1) <= 0.2  # ≈ 0.1 expected
+    shifted = np.concatenate([rng.normal(size=(70, 16)), rng.normal(1.0, 1.0, size=(30, 16))])  # 30 % moved
+    result = detectors.domain_classifier(reference, shifted)
+    assert result["p_value"] < 1e-3 and result["auc"] > 0.6
+
+
 def test_ks_on_confidences():
     rng = np.random.default_rng(2)
     reference = rng.beta(8, 2, 1000)
