@@ -289,7 +289,7 @@ def _throughput(bench, base: Path, work: Path, *, logging: bool) -> dict:
             follower = subprocess.Popen(
                 [sys.executable, "-m", "moatkit.app.cli", "monitor", "follow", "--set", f"model={bench.model_name}",
                  "--set", f"repo={base.parent}", "--set", f"logs=[{prefix.parent}]", "--set", "metrics_port=0",
-                 "--set", f"out={work / 'follow'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 "--set", "embedding_sample=0.25", "--set", f"out={work / 'follow'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(5.0)  # the follower has loaded its model before the window starts
         load = run_load(rest_client(server.rest_address, bench.model_name, ["a wonderful, moving film"]),
                         clients=bench.overhead_clients, seconds=bench.overhead_seconds).summary()

@@ -102,12 +102,14 @@ class TextModelModule(tf.Module):
     def signatures(self) -> dict:
         """Only the task's signatures are traced (a regressor has no labels to classify with)."""
         text = [tf.TensorSpec([None], tf.string, name="text")]
-        embed = tf.function(self.embed, input_signature=text)
+        # `embed` needs an HF model's hidden states; compressed variants wrap a bare logits model and go without
+        embed = ({"embed": tf.function(self.embed, input_signature=text)}
+                 if hasattr(getattr(self.model, "config", None), "output_hidden_states") else {})
         if self.labels is not None:
             return {"serving_default": tf.function(self.predict_labels, input_signature=text),
-                    "classify": tf.function(self.classify, input_signature=[_EXAMPLE_SPEC]), "embed": embed}
+                    "classify": tf.function(self.classify, input_signature=[_EXAMPLE_SPEC]), **embed}
         return {"serving_default": tf.function(self.predict_score, input_signature=text),
-                "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC]), "embed": embed}
+                "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC]), **embed}
 
 
 def set_method_names(export_dir: Path, methods: dict[str, str]) -> None:

@@ -15,7 +15,9 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
          "04_finetune.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nWORKDIR = {workdir!r}",
          "05_serving.ipynb": "TRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nTFLITE = False\nWORKDIR = {workdir!r}",
          "06_compress.ipynb": "BASELINE = ''\nTRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 48\nEPOCHS = 1\nMETHODS = ['ptq']\n"
-                              "PTQ_MODES = ['dynamic']\nLATENCY_REPEATS = 10\nEXPORT = False\nWORKDIR = {workdir!r}"}
+                              "PTQ_MODES = ['dynamic']\nLATENCY_REPEATS = 10\nEXPORT = False\nWORKDIR = {workdir!r}",
+         "07_monitoring.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nSTREAM = 150\nWINDOW = 100\n"
+                                "WORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],
@@ -26,12 +28,14 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
                                   "loaded pretrained/ with TFBertForSequenceClassification", "random init"],
             "02_transformer.ipynb": ["max |ours - keras|", "greedy cached == uncached: True",
                                      "beam cached == uncached: True", "test BLEU", "exported:"],
-            "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'serving_default']", "best on dev"],
+            "04_finetune.ipynb": ["test accuracy", "pearson", "['classify', 'embed', 'serving_default']", "best on dev"],
             "05_serving.ipynb": ["REST predictions", "gRPC probabilities", "max |REST - gRPC|", "gRPC classify",
                                  "AVAILABLE", "processed_batch_size_count", "server stopped"],
             "06_compress.ipynb": ["ptq-dynamic: ", "x smaller than float32", "dynamic-range TFLite",
                                   "embedding_sparsity=0.9",
-                                  "no TFLite variant exported"]}
+                                  "no TFLite variant exported"],
+            "07_monitoring.ipynb": ["'embed'", "profile of 1056 dev texts", "mr: accuracy", "first alarm:",
+                                    "most out-of-distribution texts", "moat_monitor_drift_alarm{"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))

@@ -61,6 +61,10 @@ def follow(config: MonitorConfig, *, log=print, stop=lambda: False) -> dict:
 
     if config.nice:
         os.nice(config.nice)
+        # one TensorFlow thread: beside a busy server, more only spin against its threads (measured: the cost of
+        # logging 1.0 + follow at 16 REST clients fell from about 18 % to about 9 % with this and a 0.25 sample)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     monitor = Monitor(config, keep_rows=False)
     gauges = Gauges()
     if config.metrics_port:

@@ -20,14 +20,12 @@ def test_serve_help_is_the_model_server_help():
     assert result.returncode == 0 and "--model_base_path" in result.stdout
 
 
-def test_moat_serve_then_predict(small_run, tmp_path):
-    from moatkit.models.export import ExportConfig, export_text_model
-
-    export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(tmp_path), name="sentiment"))
+def test_moat_serve_then_predict(small_export):
+    base_path = Path(small_export["version_dir"]).parent  # small_run exported once per session, served read-only
     grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "moatkit.app.cli", "serve", f"--port={grpc_port}",
                                f"--rest_api_port={rest_port}", "--model_name=sentiment",
-                               f"--model_base_path={tmp_path / 'sentiment'}"], cwd=ROOT,
+                               f"--model_base_path={base_path}"], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client.wait_until_available("sentiment", rest=f"127.0.0.1:{rest_port}", timeout=120)

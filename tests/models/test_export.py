@@ -11,11 +11,9 @@ TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ã
 
 
 @pytest.fixture(scope="module")
-def exported(small_run, tmp_path_factory):
-    from moatkit.models.export import ExportConfig, export_text_model
-
-    repo = tmp_path_factory.mktemp("repo")
-    return export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(repo), name="sentiment"))
+def exported(small_export):
+    """small_run's export, shared with the `moat serve` test (tests/conftest.py): these tests only read it."""
+    return small_export
 
 
 def _keras_probabilities(model_dir, texts):

@@ -20,8 +20,8 @@ def test_length_grouped_batches_cover_every_example_once():
 
 def test_small_finetune_beats_floor_and_logs(small_run):
     report = small_run
-    assert report["sizes"] == {"train": 1000, "dev": 400, "test": 400}
-    # MiniLM on 1,000 sentences for 2 epochs; the full-data recipe reaches ~0.84 (see README).
+    assert report["sizes"] == {"train": 480, "dev": 400, "test": 400}
+    # MiniLM on 480 sentences for 2 epochs at 3e-4; the full-data recipe reaches ~0.84 (see README).
     assert report["test"]["accuracy"] >= 0.70, report["test"]  # majority class: 0.50; measured here: 0.77
     assert report["best_dev"]["accuracy"] >= 0.68
     assert len(report["dev_history"]) == 2
@@ -47,7 +47,8 @@ def test_tensorboard_scalars_for_train_and_eval(small_run):
     events.Reload()
     lrs = [float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in
            events.Tensors("learning_rate")]
-    assert max(lrs) <= 1e-4 + 1e-9 and lrs[-1] < max(lrs)  # warm-up then linear decay
+    peak = small_run["config"]["learning_rate"]
+    assert max(lrs) <= peak + 1e-9 and lrs[-1] < max(lrs)  # warm-up then linear decay
 
 
 def test_bad_model_dir_is_a_clear_error(tmp_path):
