@@ -56,11 +56,11 @@ def kolmogorov_smirnov(reference: np.ndarray, current: np.ndarray) -> dict:
 def median_bandwidth(x: np.ndarray, sample: int = 1000, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     x = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
-    d2 = _squared_distances(x, x)
+    d2 = squared_distances(x, x)
     return float(np.sqrt(np.median(d2[np.triu_indices(len(x), 1)])))
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.maximum(d2, 0.0)
 
@@ -72,7 +72,7 @@ def mmd(reference: np.ndarray, current: np.ndarray, *, bandwidth: float, permuta
     if m < 2:
         return {"p_value": 1.0, "mmd2": 0.0, "n": int(m)}
     pooled = np.concatenate([reference, current]).astype(np.float64)
-    kernel = np.exp(-_squared_distances(pooled, pooled) / (2.0 * bandwidth ** 2))  # (n+m, n+m)
+    kernel = np.exp(-squared_distances(pooled, pooled) / (2.0 * bandwidth ** 2))  # (n+m, n+m)
     rng = np.random.default_rng(seed)
     weights = np.empty((permutations + 1, n + m))
     base = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])

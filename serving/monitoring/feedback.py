@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import re
 from collections import Counter
@@ -43,7 +42,7 @@ def _records(path: Path):
                 except json.JSONDecodeError:
                     yield {"_error": f"{path}:{number}: not JSON"}
     elif path.suffix == ".csv":
-        yield from csv.DictReader(io.StringIO("".join(_lines(path))))
+        yield from csv.DictReader(_lines(path))
     else:
         raise ServingConfigError(f"feedback file '{path}' is neither .jsonl(.gz), .csv nor a dataset dir",
                                  fix="write the labels as JSON lines {\"text\": …, \"label\": …}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from moatkit.serving.monitoring.config import MonitorConfig
+from moatkit.serving.monitoring.detectors import squared_distances
 from moatkit.serving.monitoring.feedback import Feedback
 from moatkit.serving.monitoring.logs import LoggedText, LogReader
 from moatkit.serving.monitoring.model_runner import VersionModel
@@ -77,9 +78,7 @@ class VersionMonitor:
         if missing:
             cache.update(zip(missing, self.model.embeddings(missing)))
         embeddings = np.stack([cache[r.text.text] for r in todo])
-        reference = self.evaluator.reference_embeddings
-        distances = np.sqrt(np.maximum(
-            (embeddings ** 2).sum(1)[:, None] + (reference ** 2).sum(1)[None] - 2 * embeddings @ reference.T, 0))
+        distances = np.sqrt(squared_distances(embeddings, self.evaluator.reference_embeddings))
         nearest = np.sort(distances, axis=1)[:, :5].mean(1)
         for row, embedding, ood in zip(todo, embeddings, nearest):
             row.embedding, row.ood = embedding, float(ood)
@@ -154,7 +153,7 @@ class Monitor:
         """The label order classify responses are mapped to (from the newest profile; one model, one label set)."""
         for version_dir in sorted((p for p in self.base.iterdir() if p.name.isdigit()), key=lambda p: -int(p.name)):
             try:
-                return read_profile(version_dir).get("labels")
+                return read_profile(version_dir, embeddings=False).get("labels")
             except ServingConfigError:
                 continue
         return None

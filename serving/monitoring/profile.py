@@ -94,15 +94,15 @@ def _label_names(model: VersionModel) -> list[str]:
     return [c.decode() for c in classes.numpy()[0]]
 
 
-def read_profile(version_dir: str | Path) -> dict:
+def read_profile(version_dir: str | Path, *, embeddings: bool = True) -> dict:
     path = Path(version_dir) / PROFILE_FILE
     if not path.is_file():
         raise ServingConfigError(f"model version '{version_dir}' has no reference profile ({PROFILE_FILE})",
-                                 fix="write one with `moat monitor profile --set version_dir=… --set data=<dev split>`")
+                                 fix="write one with `moat monitor profile --set version=N --set data=<dev split>`")
     profile = json.loads(path.read_text())
     if profile.get("format") != FORMAT:
         raise ServingConfigError(f"'{path}' is not a {FORMAT} file", fix="write it again with `moat monitor profile`")
-    if "embeddings" in profile:
+    if embeddings and "embeddings" in profile:
         profile["embeddings"]["values"] = np.load(Path(version_dir) / profile["embeddings"]["file"])
     return profile
 

@@ -61,7 +61,8 @@ class TextFeatures:
         return {
             "length": np.array([len(ws) for ws in tokens], np.int64),
             "oov": np.array(oov, np.float64),
-            "language": np.array([known.get(language(t), other) for t in texts], np.int64),
+            "language": np.array([known.get(_identifier().classify(t)[0] if ws else "none", other)
+                                  for t, ws in zip(texts, tokens)], np.int64),
             "garbage": np.array([is_garbage(t) for t in texts], np.int64),
         }
 
