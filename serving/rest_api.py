@@ -235,6 +235,8 @@ def _feature_from_json(name: str, values, feature) -> None:
         if value is None or isinstance(value, list) or (isinstance(value, dict) and not tensors.is_b64(value)):
             raise invalid(f"Feature: {name} has element with unexpected JSON type: {tensors.json_type(value)}")
         if isinstance(value, bool) or isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise invalid(f"Feature: {name} has element with value {value} outside the int64 range")
             kind, item = "int64_list", int(value)
         elif isinstance(value, float):
             kind, item = "float_list", value

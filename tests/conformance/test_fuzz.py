@@ -275,6 +275,29 @@ def _fuzz_grpc(live, n: int) -> int:
     return len(sent)
 
 
+# Cases the fuzzer once found, replayed on every run.
+FOUND_REST = [
+    (b'{"examples": [{"x": 1.0}], "context": {"x": 9223372036854775808}}', 400),
+    (b'{"examples": [{"x": -9223372036854775809}]}', 400),
+]
+
+
+@pytest.mark.parametrize("body,status", FOUND_REST)
+def test_fuzz_findings_stay_fixed(live, body, status):
+    host, port = live.rest.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", "/v1/models/default:classify", body=body,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == status, payload
+    if live.kind == "moat":
+        assert "outside the int64 range" in payload["error"]
+
+
 @pytest.mark.parametrize("api", ["rest", "grpc"])
 def test_fuzz(live, api):
     started = time.monotonic()
