@@ -28,6 +28,7 @@ from moatkit.data.text_tokenizer import InGraphBertTokenizer
 # The file moat-model-server serves instead of the SavedModel with --prefer_tflite_model. serving/ defines it too
 # (moatkit.serving.model_manager.TFLITE_FILE) because serving imports nothing from models; a test keeps them equal.
 TFLITE_FILE = "model.tflite"
+SOURCE_FILE = "assets.extra/moat_source.json"
 WARMUP_TEXTS = ("a wonderful, moving film", "dull and far too long", "What is the capital of France ?")
 
 
@@ -192,6 +193,9 @@ def export_text_model(config: ExportConfig, *, extra: Callable[[Path, dict], dic
         set_method_names(staging, {name: CLASSIFY_METHOD if name == "classify" else REGRESS_METHOD
                                    for name in signatures if name in ("classify", "regress")})
         write_warmup(staging, config.name)
+        # where the version came from, so `moat iterate` can warm-start from its checkpoint and replay its data
+        (staging / SOURCE_FILE).write_text(json.dumps({**task, "model_dir": str(Path(config.model_dir).resolve())},
+                                                      indent=2))
         if config.tflite:
             (staging / TFLITE_FILE).write_bytes(convert_to_tflite(module))
         if extra is not None:

@@ -9,6 +9,12 @@ Mirrors TF Serving's ServerCore + AspiredVersionsManager with the availability-p
 - a version that fails to load ends in state END with its error in the status and is not retried until its
   saved_model.pb changes; it never replaces a healthy version.
 The file system is polled every `poll_wait_seconds` in a background thread (0 = load once, no polling).
+
+One moat extension, off unless its file exists: `<base_path>/moat_routing.json` ({"default_label": "stable",
+"canary_label": "canary", "canary_percent": 10}) routes requests that name neither a version nor a label to the
+default label's version, and exactly that percentage of them (every n-th, not at random) to the canary label's
+version. TF Serving would send them to the newest loaded version; clients that name a version or label are routed
+as TF Serving routes them. `moat iterate` writes the file for a canary; the real binary ignores it.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+ROUTING_FILE = "moat_routing.json"
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -143,6 +150,7 @@ class ModelManager:
         self.warmup_counts: dict[tuple[str, int], int] = {}
         self._loggers: dict[tuple, object] = {}  # (model, LoggingSettings) -> RequestLogger
         self._missing_logged: set[str] = set()
+        self._routing: dict[str, Routing] = {}  # model -> the routing file's rule, see ROUTING_FILE
 
     # -- lifecycle --
 
@@ -234,6 +242,7 @@ class ModelManager:
             self._reconcile(config)
 
     def _reconcile(self, config: ModelConfig) -> None:
+        self._read_routing(config)
         on_disk = self._versions_on_disk(config.base_path)
         if not on_disk and config.name not in self._missing_logged:
             self._missing_logged.add(config.name)
@@ -255,6 +264,26 @@ class ModelManager:
                 gone = version not in on_disk
                 if state.state == AVAILABLE and version not in aspired and (aspired_ready or gone):
                     self._unload(config.name, state)
+
+    def _read_routing(self, config: ModelConfig) -> None:
+        path = os.path.join(config.base_path, ROUTING_FILE)
+        try:
+            mtime = os.path.getmtime(path)
+        except OSError:
+            with self._lock:
+                self._routing.pop(config.name, None)
+            return
+        current = self._routing.get(config.name)
+        if current is not None and current.mtime == mtime:
+            return
+        try:
+            routing = Routing.from_file(path, mtime)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            log.error("Ignoring routing file %s: %s", path, err)
+            return
+        with self._lock:
+            self._routing[config.name] = routing
+        log.info("Routing for %s: %s", config.name, routing)
 
     def _load(self, name: str, version: int, path: str, mtime: float) -> None:
         state = VersionState(version=version, state=START, source_mtime=mtime)
@@ -339,6 +368,11 @@ class ModelManager:
                     raise invalid(f"Unrecognized servable version label: {label}")
                 version = config.labels[label]
             states = self._states.get(name, {}) if config is not None else {}
+            routing = self._routing.get(name) if config is not None and version is None else None
+            if routing is not None:
+                label = routing.pick()
+                if label in config.labels:
+                    version = config.labels[label]
             if version is None:
                 ready = [s for s in states.values() if s.state == AVAILABLE and s.servable is not None]
                 if ready:
@@ -367,6 +401,37 @@ class ModelManager:
             if config is None or label not in config.labels:
                 raise invalid(f"Unrecognized servable version label: {label}")
             return config.labels[label]
+
+
+@dataclass
+class Routing:
+    """The rule of a model's ROUTING_FILE."""
+
+    default_label: str
+    canary_label: str = ""
+    canary_percent: float = 0.0
+    mtime: float = 0.0
+    requests: int = 0
+
+    @classmethod
+    def from_file(cls, path: str, mtime: float) -> "Routing":
+        import json
+
+        with open(path, encoding="utf-8") as handle:
+            rule = json.load(handle)
+        percent = float(rule.get("canary_percent", 0.0))
+        if not 0 <= percent <= 100:
+            raise ValueError(f"canary_percent {percent} is outside 0..100")
+        return cls(default_label=str(rule["default_label"]), canary_label=str(rule.get("canary_label", "")),
+                   canary_percent=percent, mtime=mtime)
+
+    def pick(self) -> str:
+        """The label for the next unversioned request: the n-th goes to the canary when floor(n·p) steps up."""
+        self.requests += 1
+        share = self.canary_percent / 100.0
+        if self.canary_label and int(self.requests * share) > int((self.requests - 1) * share):
+            return self.canary_label
+        return self.default_label
 
 
 def _copy(state: VersionState) -> VersionState:

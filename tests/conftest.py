@@ -1,11 +1,14 @@
 """Shared fixtures. Real catalog data and weights are cached in $MOAT_HOME (default ~/.cache/moatkit).
 
 Expensive artifacts are built once per session and shared; tests that change one work on a copy in tmp_path:
-- `small_run`: a real MiniLM fine-tune on a budget (the model the export, serving and CLI tests use), and
-  `small_export`, its SavedModel export in a model repository (read-only: serve it, load it, never write to it);
+- `budget_demo`: `moat demo` on a budget; its real MiniLM fine-tune is `small_run` (the model the export, serving
+  and monitoring tests use) and its export `small_export` (read-only: serve it, load it, never write to it);
 - `tiny_bert_dir`: a tiny BERT classifier checkpoint (2 layers, hidden 32, MiniLM's vocab) for tests whose subject
   is the training machinery rather than what a model learns (sweeps, strategies, precision, resume), and
   `tiny_run`, that checkpoint fine-tuned on MR: the baseline of the compression tests and notebook 06."""
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -26,25 +29,38 @@ def mr_dir():
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory, minilm_dir, mr_dir):
-    """A real MiniLM fine-tune on a budget (480 MR train sentences, 2 epochs at 3e-4; measured 0.77 test accuracy
-    on 400, the dev/test sentences are predicted confidently): the model the export and serving tests use."""
-    from moatkit.models.finetune import FinetuneConfig, finetune
+def budget_demo(tmp_path_factory, minilm_dir, mr_dir):
+    """`moat demo` on a budget, run once: a real MiniLM fine-tune (480 MR train sentences, 2 epochs at 3e-4;
+    measured 0.79 test accuracy on 400, both demo sentences at p > 0.9), exported with its monitoring profile,
+    served and queried over REST and gRPC. tests/integration/test_demo.py checks it; its fine-tune and export are
+    `small_run` and `small_export`.
+    Returns {"summary": run_demo's summary, "lines": what it logged, "root": the dir with runs/ and models/}."""
+    from moatkit.app.pipeline import DemoConfig, run_demo
+    from moatkit.models.finetune import FinetuneConfig
 
-    run_dir = tmp_path_factory.mktemp("run") / "sentiment"
-    config = FinetuneConfig(run_dir=str(run_dir), max_train_examples=480, max_eval_examples=400, epochs=2,
-                            learning_rate=3e-4, max_length=48, log_every=5)
-    return finetune(config, verbose=0)
+    root = tmp_path_factory.mktemp("demo")
+    lines = []
+    config = DemoConfig(
+        finetune=FinetuneConfig(run_dir=str(root / "runs" / "sentiment"), max_train_examples=480,
+                                max_eval_examples=400, epochs=2, max_length=48, learning_rate=3e-4, log_every=5),
+        repo=str(root / "models"), latency_requests=10, min_test_accuracy=0.0)  # the demo test checks the floor
+    summary = run_demo(config, log=lines.append)
+    return {"summary": summary, "lines": lines, "root": root}
 
 
 @pytest.fixture(scope="session")
-def small_export(small_run, tmp_path_factory):
-    """`small_run` exported once to <repo>/sentiment/1 (raw strings in): shared read-only by the export and
-    `moat serve` tests."""
-    from moatkit.models.export import ExportConfig, export_text_model
+def small_run(budget_demo):
+    """The budget demo's fine-tune report (runs/sentiment/report.json): the model the export, serving and
+    monitoring tests use. Read-only: a test that changes the run works on a copy."""
+    return json.loads((budget_demo["root"] / "runs" / "sentiment" / "report.json").read_text())
 
-    repo = tmp_path_factory.mktemp("small_repo")
-    return export_text_model(ExportConfig(model_dir=small_run["saved_model_dir"], repo=str(repo), name="sentiment"))
+
+@pytest.fixture(scope="session")
+def small_export(budget_demo):
+    """The budget demo's export of `small_run` (<repo>/sentiment/1, raw strings in, with its monitoring profile):
+    {"version_dir", "version"}. Read-only: serve it, load it, copy it; never write into it."""
+    version_dir = Path(budget_demo["summary"]["model_version_dir"])
+    return {"version_dir": str(version_dir), "version": int(version_dir.name)}
 
 
 @pytest.fixture(scope="session")

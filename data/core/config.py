@@ -53,6 +53,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (list, tuple)):
             items = [_coerce(v, get_args(tp)[0], key) for v in value]
             return tuple(items) if origin is tuple else items
+    elif origin is dict:  # --set golden.NAME=DIR builds the dict key by key; a YAML {..} sets it whole
+        if isinstance(value, str) and value.strip().startswith("{"):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, dict):
+            key_type, value_type = get_args(tp)
+            return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     elif tp is type(None):
         if value is None or value in ("null", "none", "None", ""):
             return None

@@ -28,18 +28,19 @@ def informativeness(probs: np.ndarray, strategy: Strategy) -> np.ndarray:
 
 
 def select(probs: np.ndarray, n: int, *, strategy: Strategy = "margin", seed: int = 0,
-           features=None, diversity: int = 0) -> np.ndarray:
+           features=None, diversity: int = 0, scores: np.ndarray | None = None) -> np.ndarray:
     """Indices of the n records to annotate next, most informative first.
 
     With `diversity` = c > 0 and `features` (n, d), the top c·n candidates are clustered into n groups (k-means)
     and the most informative record of each group is taken, so a batch does not spend its budget on near-copies.
+    `scores` (higher = more informative) replaces the strategy's own, e.g. uncertainty mixed with novelty.
     """
     total = len(probs)
     n = min(n, total)
     rng = np.random.default_rng(seed)
     if strategy == "random":
         return rng.permutation(total)[:n]
-    scores = informativeness(probs, strategy)
+    scores = informativeness(probs, strategy) if scores is None else np.asarray(scores, dtype=float)
     order = np.argsort(-scores, kind="stable")
     if not diversity or features is None or n < 2:
         return order[:n]

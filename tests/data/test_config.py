@@ -105,3 +105,18 @@ def test_shipped_translation_config_matches_the_embedded_defaults():
     from moatkit.models.seq2seq.train import Seq2SeqConfig
     shipped = Path(__file__).resolve().parents[2] / "app" / "configs" / "translate-de-en.yaml"
     assert load_config(Seq2SeqConfig, shipped) == Seq2SeqConfig()
+
+
+@dataclasses.dataclass
+class _Slices:
+    golden: dict[str, str] = dataclasses.field(default_factory=dict)
+    floors: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def test_dict_keys_are_set_one_by_one_or_whole():
+    config = load_config(_Slices, overrides=["golden.original=/data/test", "golden.amazon=/data/amazon",
+                                             "floors.amazon=0.8"])
+    assert config.golden == {"original": "/data/test", "amazon": "/data/amazon"} and config.floors == {"amazon": 0.8}
+    assert load_config(_Slices, overrides=["floors={a: 1, b: 0.5}"]).floors == {"a": 1.0, "b": 0.5}
+    with pytest.raises(ConfigError, match="floors.amazon"):
+        load_config(_Slices, overrides=["floors.amazon=high"])

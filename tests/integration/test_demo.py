@@ -18,23 +18,19 @@ def _check_summary(summary):
     assert summary["predictions"][1]["label"] == "negative"  # 'a dull, lifeless and badly acted mess'
 
 
-def test_demo_on_a_budget(tmp_path, minilm_dir, mr_dir):
-    lines = []
-    config = DemoConfig(
-        # 480 sentences for 2 epochs at 3e-4: measured 0.77 test accuracy, both demo sentences at p > 0.9
-        finetune=FinetuneConfig(run_dir=str(tmp_path / "runs" / "sentiment"), max_train_examples=480,
-                                max_eval_examples=300, epochs=2, max_length=48, learning_rate=3e-4),
-        repo=str(tmp_path / "models"), latency_requests=10, min_test_accuracy=0.0)
-    summary = run_demo(config, log=lines.append)
+def test_demo_on_a_budget(budget_demo):
+    """The session's budget demo (tests/conftest.py: 480 MR sentences, 2 epochs at 3e-4), whose fine-tune and export
+    the export and serving tests reuse."""
+    summary, lines = budget_demo["summary"], budget_demo["lines"]
     _check_summary(summary)
-    assert summary["split_sizes"] == {"train": 480, "dev": 300, "test": 300}
+    assert summary["split_sizes"] == {"train": 480, "dev": 400, "test": 400}
     assert summary["test_accuracy"] >= 0.70  # majority class is 0.50
     assert Path(summary["model_version_dir"]).name == "1"
     assert any("+ monitoring profile" in line for line in lines)  # the monitor's reference, written at export
     assert (Path(summary["model_version_dir"]) / "assets.extra" / "moat_profile.json").is_file()
     assert summary["model_megabytes"] > 80  # MiniLM's 22.7M float32 parameters
     assert any("TensorBoard: tensorboard --logdir" in line for line in lines)
-    saved = json.loads((tmp_path / "runs" / "sentiment" / "demo_summary.json").read_text())
+    saved = json.loads((budget_demo["root"] / "runs" / "sentiment" / "demo_summary.json").read_text())
     assert saved["test_accuracy"] == summary["test_accuracy"]
 
 

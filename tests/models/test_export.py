@@ -12,7 +12,7 @@ TEXTS = ["a wonderful, moving film", "a dull, lifeless and badly acted mess", "Ã
 
 @pytest.fixture(scope="module")
 def exported(small_export):
-    """small_run's export, shared with the `moat serve` test (tests/conftest.py): these tests only read it."""
+    """small_run's export (the budget demo's, tests/conftest.py), shared with the serving tests: only read here."""
     return small_export
 
 

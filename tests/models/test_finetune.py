@@ -22,7 +22,7 @@ def test_small_finetune_beats_floor_and_logs(small_run):
     report = small_run
     assert report["sizes"] == {"train": 480, "dev": 400, "test": 400}
     # MiniLM on 480 sentences for 2 epochs at 3e-4; the full-data recipe reaches ~0.84 (see README).
-    assert report["test"]["accuracy"] >= 0.70, report["test"]  # majority class: 0.50; measured here: 0.77
+    assert report["test"]["accuracy"] >= 0.70, report["test"]  # majority class: 0.50; measured here: 0.79
     assert report["best_dev"]["accuracy"] >= 0.68
     assert len(report["dev_history"]) == 2
     matrix = np.array(report["test"]["confusion_matrix"]["rows_true_cols_predicted"])

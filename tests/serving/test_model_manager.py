@@ -193,3 +193,34 @@ def test_servable_errors(tmp_path, model_templates):
     with pytest.raises(ServingError, match="Expected classification signature method_name") as err:
         servable.classify([example.SerializeToString()])
     assert err.value.code == "FAILED_PRECONDITION"
+
+
+def test_routing_file_splits_unversioned_requests_by_label_exactly(tmp_path, model_templates):
+    """moat_routing.json (the canary extension): unversioned requests go to `stable`, exactly canary_percent of
+    them to `canary`; a request naming a version or label is routed as TF Serving routes it."""
+    import json
+
+    from moatkit.serving.model_manager import ROUTING_FILE
+
+    install_version(model_templates, tmp_path, 1)
+    install_version(model_templates, tmp_path, 2)
+    config = ModelConfig(name="text", base_path=str(tmp_path), policy="specific", versions=(1, 2),
+                         labels={"stable": 1, "canary": 2})
+    manager = ModelManager([config], poll_wait_seconds=0)
+    manager.start()
+    assert manager.get_servable("text").version == 2  # TF Serving's rule without the file: the newest
+    (tmp_path / ROUTING_FILE).write_text(json.dumps({"default_label": "stable", "canary_label": "canary",
+                                                     "canary_percent": 10}))
+    manager.reload_once()
+    versions = [manager.get_servable("text").version for _ in range(200)]
+    assert versions.count(2) == 20 and versions.count(1) == 180
+    assert all(manager.get_servable("text", label="stable").version == 1 for _ in range(5))
+    assert manager.get_servable("text", version=2).version == 2
+    (tmp_path / ROUTING_FILE).write_text("{not json")  # a broken rule is ignored (logged), the last one kept
+    os.utime(tmp_path / ROUTING_FILE, (time.time() + 5, time.time() + 5))
+    manager.reload_once()
+    assert [manager.get_servable("text").version for _ in range(10)].count(2) == 1
+    (tmp_path / ROUTING_FILE).unlink()
+    manager.reload_once()
+    assert manager.get_servable("text").version == 2
+    manager.stop()

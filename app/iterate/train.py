@@ -1,0 +1,82 @@
+"""Step 2 of `moat iterate`: a candidate warm-started from the served version's checkpoint.
+
+Training data = `replay` examples of the old train split (so the old domain is not forgotten) + the new labels,
+each seen `new_repeats` times; dev = part of the old dev split + `heldout_share` of the new labels (early stopping
+and the candidate's monitoring profile see both domains); test = the held-out new labels. The recipe is
+`moat finetune`'s, with its resume: a killed training continues from its checkpoints.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from moatkit.data.core.errors import ConfigError
+from moatkit.data.core.files import staged_dir
+
+OLD_DEV = 600  # old dev examples kept in the candidate's dev split
+
+
+def source_of(version_dir: Path) -> dict:
+    """What export recorded about a version: its task, labels and the fine-tuned model dir (moat_source.json)."""
+    from moatkit.models.export import SOURCE_FILE
+
+    path = version_dir / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_training_data(out: Path, *, old_split: Path, new: list[dict], labels: list[str], replay: int,
+                        new_repeats: int, heldout_share: float, seed: int) -> dict:
+    """Writes out/{train,dev,test} dataset dirs; returns their sizes."""
+    from moatkit.data.dataset import read_records, write_dataset
+
+    if not all((old_split / name / "manifest.json").is_file() for name in ("train", "dev")):
+        raise ConfigError(f"'{old_split}' is not a split dir with train/ and dev/",
+                          fix="set train_data to the split dir the version was fine-tuned on")
+    rng = np.random.default_rng(seed)
+    old_train, old_dev = read_records(old_split / "train"), read_records(old_split / "dev")
+    replayed = [old_train[i] for i in rng.permutation(len(old_train))[:replay]]
+    order = rng.permutation(len(new))
+    held_count = int(round(heldout_share * len(new))) if len(new) >= 10 else 0
+    held, fit = [new[i] for i in order[:held_count]], [new[i] for i in order[held_count:]]
+    train = replayed + [dict(r, id=f"{r['id']}#{k}") for k in range(new_repeats) for r in fit]
+    train = [train[i] for i in rng.permutation(len(train))]
+    dev = [old_dev[i] for i in rng.permutation(len(old_dev))[:OLD_DEV]] + held
+    test = held or fit
+    missing = set(labels) - {r.get("label") for r in train}
+    if missing:
+        raise ConfigError(f"the candidate's training data has no example of {sorted(missing)}",
+                          fix="replay old training data (replay > 0) or annotate more texts")
+    provenance = {"old_split": str(old_split), "new_labels": len(new), "seed": seed}
+    with staged_dir(out) as staging:
+        for name, records in (("train", train), ("dev", dev), ("test", test)):
+            write_dataset(staging / name, [{k: v for k, v in r.items() if k != "_line"} for r in records],
+                          name=f"iterate-{name}", labels=labels, license="mixed: the old split's and the annotators'",
+                          provenance=provenance)
+    return {"train": len(train), "replayed": len(replayed), "new_in_train": len(fit), "new_heldout": len(held),
+            "dev": len(dev), "test": len(test)}
+
+
+def train_candidate(run_dir: Path, *, data_dir: Path, base_model: str, config) -> dict:
+    """`moat finetune` from the version's checkpoint; returns its report (resumes a killed run)."""
+    from moatkit.models.finetune import FinetuneConfig, finetune
+
+    finetune_config = FinetuneConfig(task="classification", model=base_model, data=str(data_dir), target="label",
+                                     run_dir=str(run_dir), epochs=config.epochs, learning_rate=config.learning_rate,
+                                     batch_size=config.batch_size, max_length=config.max_length or 64,
+                                     seed=config.seed, patience=max(config.epochs, 2), log_every=20)
+    return finetune(finetune_config, verbose=0)
+
+
+def export_candidate(model_dir: Path, out_repo: Path, name: str, version: int, *, log=print) -> dict:
+    """The candidate as version `version` of `name` under out_repo (not the served repository: it is gated
+    first), with its monitoring profile."""
+    from moatkit.app.monitor_profile import export_profile_hook
+    from moatkit.models.export import ExportConfig, export_text_model
+
+    final = out_repo / name / str(version)
+    if (final / "saved_model.pb").is_file():
+        return {"version_dir": str(final), "version": version, "reused": True}
+    return export_text_model(ExportConfig(model_dir=str(model_dir), repo=str(out_repo), name=name, version=version),
+                             extra=export_profile_hook(log))
