@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: demo test test-all bench bench-monitor-reference conformance install clean beam-venv prometheus
+.PHONY: demo test test-all bench-iterate bench bench-monitor-reference conformance install clean beam-venv prometheus
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ bench-monitor-reference: $(STAMP) $(DRIFTREF_VENV)/.installed
 	test -d bench/results/monitor_streams || $(BIN)/moat bench --set 'benchmarks=[monitor]'
 	TF_CPP_MIN_LOG_LEVEL=2 $(DRIFTREF_VENV)/bin/python app/bench_monitor_reference.py \
 	    --data bench/results/monitor_streams --out bench/results/monitor_reference.json
+
+# The iteration scenario (docs/iterate.md): MR model → amazon / nyt traffic → moat iterate, loop vs random selection
+# over seeds, a shuffled-label candidate, a real canary + promotion under 16 clients. Needs the demo's version 1;
+# about 25 min per domain at 3 seeds on 2 cores.
+bench-iterate: $(STAMP)
+	test -d artifacts/models/sentiment/1 || $(BIN)/moat demo
+	$(BIN)/python -m moatkit.app.bench_iterate --out bench/results/iterate
 
 clean:
 	rm -rf $(VENV) $(BEAM_VENV) $(DRIFTREF_VENV) build *.egg-info .pytest_cache

@@ -186,3 +186,59 @@ def in_process_client(function, inputs: dict) -> Callable[[], Call]:
         return call
 
     return make
+
+
+class BackgroundLoad:
+    """Clients that keep sending unversioned one-text REST predicts (texts drawn at random) until the block ends,
+    with every failure kept: the traffic a model transition must not disturb.
+
+        with BackgroundLoad("127.0.0.1:8501", "sentiment", texts, clients=16) as load:
+            ...  # canary, promote, roll back
+        assert load.failures == []
+    """
+
+    def __init__(self, rest: str, model: str, texts: list[str], *, clients: int = 16, seed: int = 0):
+        if not texts:
+            raise ValueError("BackgroundLoad needs texts to send")
+        self.rest, self.model, self.texts, self.seed = rest, model, list(texts), seed
+        self.failures: list[str] = []  # the first 100 failures; `failed` counts them all
+        self.sent = self.failed = 0
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, index: int) -> None:
+        import random
+
+        rng = random.Random(self.seed * 1000 + index)
+        host, port = self.rest.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        while not self._stop.is_set():
+            body = json.dumps({"instances": [rng.choice(self.texts)]})
+            try:
+                connection.request("POST", f"/v1/models/{self.model}:predict", body=body,
+                                   headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                payload = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+                with self._lock:
+                    self.sent += 1
+            except Exception as err:  # noqa: BLE001  every failed request is the caller's business
+                with self._lock:
+                    self.failed += 1
+                    if len(self.failures) < 100:
+                        self.failures.append(repr(err)[:300])
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                self._stop.wait(0.05)  # a server that is down must not turn the clients into busy loops
+        connection.close()
+
+    def __enter__(self) -> "BackgroundLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)

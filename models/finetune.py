@@ -326,7 +326,9 @@ def _build_model(config: FinetuneConfig, *, model_dir: Path, inputs: TaskInputs,
             model = TFBertForSequenceClassification(BertConfig.from_pretrained(model_dir, **head))
             model(model.dummy_inputs, training=False)
         else:
-            model = TFBertForSequenceClassification.from_pretrained(model_dir, **head)
+            # a classifier checkpoint with another label count (e.g. a 2-class model fine-tuned on TREC-6) keeps
+            # its encoder and gets a fresh head; a same-shaped head (a warm start) is loaded as it is
+            model = TFBertForSequenceClassification.from_pretrained(model_dir, ignore_mismatched_sizes=True, **head)
         metrics = [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if inputs.classification else []
         model.compile(optimizer=build_optimizer(config, total_steps, model.config.num_hidden_layers),
                       loss=Float32Loss(classification=inputs.classification), metrics=metrics)

@@ -30,13 +30,13 @@ def _abort(context: grpc.ServicerContext, err: ServingError):
     context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN), err.message)
 
 
-def _servable(manager: ModelManager, spec):
+def _servable(manager: ModelManager, spec, *, route: bool = True):
     if not spec.name:
         raise invalid("Missing ModelSpec")
     which = spec.WhichOneof("version_choice")
     version = spec.version.value if which == "version" else None
     label = spec.version_label if which == "version_label" else None
-    return manager.get_servable(spec.name, version=version, label=label)
+    return manager.get_servable(spec.name, version=version, label=label, route=route)
 
 
 def _fill_spec(out_spec, servable, signature_name: str) -> None:
@@ -97,7 +97,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for field in request.metadata_field:
             if field != "signature_def":
                 raise invalid(f"Metadata field {field} is not supported")
-        servable = _servable(self.manager, request.model_spec)
+        servable = _servable(self.manager, request.model_spec, route=False)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         _fill_spec(response.model_spec, servable, "")
         signature_map = get_model_metadata_pb2.SignatureDefMap()

@@ -10,11 +10,7 @@ Mirrors TF Serving's ServerCore + AspiredVersionsManager with the availability-p
   saved_model.pb changes; it never replaces a healthy version.
 The file system is polled every `poll_wait_seconds` in a background thread (0 = load once, no polling).
 
-One moat extension, off unless its file exists: `<base_path>/moat_routing.json` ({"default_label": "stable",
-"canary_label": "canary", "canary_percent": 10}) routes requests that name neither a version nor a label to the
-default label's version, and exactly that percentage of them (every n-th, not at random) to the canary label's
-version. TF Serving would send them to the newest loaded version; clients that name a version or label are routed
-as TF Serving routes them. `moat iterate` writes the file for a canary; the real binary ignores it.
+One moat extension, off unless `<base_path>/moat_routing.json` exists: canary routing (serving/routing.py).
 """
 from __future__ import annotations
 
@@ -29,6 +25,7 @@ from google.protobuf import text_format
 
 from moatkit.serving.errors import ServingConfigError
 from moatkit.serving.names import is_safe_model_name
+from moatkit.serving.routing import ROUTING_FILE, Routing
 from moatkit.serving.servable import TFLITE_FILE, Servable, input_examples, status_code
 from moatkit.serving.tensors import NOT_FOUND, OK, ServingError, from_tensor_proto, invalid
 
@@ -38,7 +35,6 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-ROUTING_FILE = "moat_routing.json"
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -151,6 +147,7 @@ class ModelManager:
         self._loggers: dict[tuple, object] = {}  # (model, LoggingSettings) -> RequestLogger
         self._missing_logged: set[str] = set()
         self._routing: dict[str, Routing] = {}  # model -> the routing file's rule, see ROUTING_FILE
+        self._bad_routing: dict[str, float] = {}  # model -> mtime of a routing file that failed to parse
 
     # -- lifecycle --
 
@@ -276,9 +273,12 @@ class ModelManager:
         current = self._routing.get(config.name)
         if current is not None and current.mtime == mtime:
             return
+        if self._bad_routing.get(config.name) == mtime:
+            return
         try:
             routing = Routing.from_file(path, mtime)
-        except (OSError, ValueError, TypeError, KeyError) as err:
+        except Exception as err:  # a broken rule must never stop version management; the last good one stays
+            self._bad_routing[config.name] = mtime
             log.error("Ignoring routing file %s: %s", path, err)
             return
         with self._lock:
@@ -357,7 +357,9 @@ class ModelManager:
         with self._lock:
             return sorted(self._configs)
 
-    def get_servable(self, name: str, *, version: int | None = None, label: str | None = None) -> Servable:
+    def get_servable(self, name: str, *, version: int | None = None, label: str | None = None,
+                     route: bool = False) -> Servable:
+        """`route`: an inference request, which the routing file (if any) may send to the canary."""
         with self._lock:
             config = self._configs.get(name)
             if label:
@@ -368,11 +370,12 @@ class ModelManager:
                     raise invalid(f"Unrecognized servable version label: {label}")
                 version = config.labels[label]
             states = self._states.get(name, {}) if config is not None else {}
-            routing = self._routing.get(name) if config is not None and version is None else None
-            if routing is not None:
-                label = routing.pick()
-                if label in config.labels:
-                    version = config.labels[label]
+            routing = self._routing.get(name) if route and config is not None and version is None else None
+            if routing is not None:  # the picked label's version, else the default label's, else the newest
+                for picked in (routing.pick(), routing.default_label):
+                    state = states.get(config.labels.get(picked, -1))
+                    if state is not None and state.state == AVAILABLE and state.servable is not None:
+                        return state.servable
             if version is None:
                 ready = [s for s in states.values() if s.state == AVAILABLE and s.servable is not None]
                 if ready:
@@ -401,37 +404,6 @@ class ModelManager:
             if config is None or label not in config.labels:
                 raise invalid(f"Unrecognized servable version label: {label}")
             return config.labels[label]
-
-
-@dataclass
-class Routing:
-    """The rule of a model's ROUTING_FILE."""
-
-    default_label: str
-    canary_label: str = ""
-    canary_percent: float = 0.0
-    mtime: float = 0.0
-    requests: int = 0
-
-    @classmethod
-    def from_file(cls, path: str, mtime: float) -> "Routing":
-        import json
-
-        with open(path, encoding="utf-8") as handle:
-            rule = json.load(handle)
-        percent = float(rule.get("canary_percent", 0.0))
-        if not 0 <= percent <= 100:
-            raise ValueError(f"canary_percent {percent} is outside 0..100")
-        return cls(default_label=str(rule["default_label"]), canary_label=str(rule.get("canary_label", "")),
-                   canary_percent=percent, mtime=mtime)
-
-    def pick(self) -> str:
-        """The label for the next unversioned request: the n-th goes to the canary when floor(n·p) steps up."""
-        self.requests += 1
-        share = self.canary_percent / 100.0
-        if self.canary_label and int(self.requests * share) > int((self.requests - 1) * share):
-            return self.canary_label
-        return self.default_label
 
 
 def _copy(state: VersionState) -> VersionState:

@@ -161,7 +161,7 @@ class RestApi:
                           indent=1)
 
     def _predict_like(self, verb: str, model: str, version, label, raw: bytes) -> str:
-        servable = self.manager.get_servable(model, version=version, label=label)
+        servable = self.manager.get_servable(model, version=version, label=label, route=True)
         body = tensors.load_json_body(raw)
         signature = body.get("signature_name", "") or "serving_default"
         if verb == "predict":

@@ -2,8 +2,8 @@
 
 Where a notebook shows a workflow rather than what a model learns (04, 05, 07), its MODEL is the session's tiny BERT
 (`tiny_bert_dir`, tests/conftest.py: 2 layers of 32, MiniLM's vocabulary) and a fine-tune is a batch or three;
-notebook 06 compresses the tiny fine-tuned BERT (`tiny_run`) as its BASELINE. Notebook 00 keeps MiniLM: it is the
-quick start a new user runs."""
+notebooks 06 and 08 start from the tiny fine-tuned BERT (`tiny_run`) instead of training one. Notebook 00 keeps
+MiniLM: it is the quick start a new user runs."""
 from pathlib import Path
 
 import nbformat
@@ -23,7 +23,10 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
          "06_compress.ipynb": "BASELINE = {baseline!r}\nTRAIN_EXAMPLES = 64\nEVAL_EXAMPLES = 48\nEPOCHS = 1\nMETHODS = ['ptq']\n"
                               "PTQ_MODES = ['dynamic']\nLATENCY_REPEATS = 10\nEXPORT = False\nWORKDIR = {workdir!r}",
          "07_monitoring.ipynb": "TRAIN_EXAMPLES = 96\nEVAL_EXAMPLES = 64\nEPOCHS = 1\nSTREAM = 150\nWINDOW = 100\n"
-                                "WORKDIR = {workdir!r}\nMODEL = {tiny!r}"}
+                                "WORKDIR = {workdir!r}\nMODEL = {tiny!r}",
+         "08_iterate.ipynb": "TRAIN_EXAMPLES = 0\nEPOCHS = 1\nMODEL = {tiny!r}\nBASE_RUN = {tiny_run!r}\n"
+                             "SERVED_MR, SERVED_SHIFTED = 60, 180\nBUDGET = 40\nREPLAY = 200\nLEARNING_RATE = 1e-3\n"
+                             "MAX_DROP, MIN_GAIN = 0.3, -1.0\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],
@@ -41,18 +44,21 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
                                   "embedding_sparsity=0.9",
                                   "no TFLite variant exported"],
             "07_monitoring.ipynb": ["'embed'", "profile of 1056 dev texts", "mr: accuracy", "first alarm:",
-                                    "most out-of-distribution texts", "moat_monitor_drift_alarm{"]}
+                                    "most out-of-distribution texts", "moat_monitor_drift_alarm{"],
+            "08_iterate.ipynb": ["selected 40:", "waiting for annotations", "'status': 'promoted'", "failed: 0",
+                                 "## Live gate", "server stopped"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
 def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch, request):
     assert name in SMALL, f"add small parameters for {name} to SMALL in this test"
     baseline = str(request.getfixturevalue("tiny_run") / "model") if "{baseline" in SMALL[name] else None
-    tiny = str(request.getfixturevalue("tiny_bert_dir")) if "{tiny" in SMALL[name] else None
+    tiny = str(request.getfixturevalue("tiny_bert_dir")) if "{tiny!r}" in SMALL[name] else None
+    tiny_run = str(request.getfixturevalue("tiny_run")) if "{tiny_run" in SMALL[name] else None
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(parameters) == 1, "each notebook needs exactly one cell tagged 'parameters'"
-    parameters[0].source = SMALL[name].format(workdir=str(tmp_path), baseline=baseline, tiny=tiny)
+    parameters[0].source = SMALL[name].format(workdir=str(tmp_path), baseline=baseline, tiny=tiny, tiny_run=tiny_run)
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, which imports the installed moatkit
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()

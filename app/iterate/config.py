@@ -9,7 +9,7 @@ from moatkit.data.core.errors import ConfigError
 
 @dataclasses.dataclass
 class IterateConfig:
-    run_dir: str = "runs/iterate"  # every step's artifact, state.json and the loop's report
+    run_dir: str = ""  # every step's artifact, state.json and the loop's report (default: runs/iterate/MODEL-vN)
     model: str = "sentiment"  # the served model name
     repo: str = "artifacts/models"  # the model repository: versions live in <repo>/<model>/<version>
     version: int | None = None  # the version to improve (default: the `stable` label's, else the newest)
@@ -41,6 +41,7 @@ class IterateConfig:
     max_latency_ms: float = 200.0  # p50 of one single-text request, in-process
     max_megabytes: float = 500.0
     skip_offline_gate: bool = False  # deploy even when refused (an operator's override; the live gate still runs)
+    deploy: bool = True  # false: stop after the offline gate (compare candidates without touching the server)
     # 4./5. canary, live gate, promote or roll back
     grpc: str = "127.0.0.1:8500"  # the server's gRPC address (ModelService reloads, status)
     rest: str = "127.0.0.1:8501"  # for latency probes
@@ -68,15 +69,12 @@ class IterateConfig:
         if self.keep_versions < 2:
             raise ConfigError(f"config key 'keep_versions' is {self.keep_versions}",
                               fix="keep at least the promoted version and the one before (rollback)")
-        for name in ("epochs", "learning_rate", "batch_size", "live_requests", "new_repeats"):
+        for name in ("replay", "diversity", "drift_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
+        for name in ("epochs", "learning_rate", "batch_size", "live_requests", "new_repeats", "probes",
+                     "live_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key '{name}' must be > 0, got {getattr(self, name)}")
-        if self.target_slice is not None and self.golden and self.target_slice not in self.golden:
-            raise ConfigError(f"target_slice {self.target_slice!r} is not one of the golden slices {sorted(self.golden)}",
-                              fix="add it: --set golden.NAME=DIR")
-        unknown = set(self.min_accuracy) - set(self.golden) - {"original"}
-        if unknown:
-            raise ConfigError(f"min_accuracy names slices that are not golden: {sorted(unknown)}",
-                              fix="name the slices of `golden`")
         if not self.logs:
             raise ConfigError("config key 'logs' is empty", fix="name the server's log prefix, e.g. --set logs=[logs/x]")

@@ -64,8 +64,17 @@ def megabytes(version_dir: Path) -> float:
 
 def offline_gate(current_dir: Path, candidate_dir: Path, golden: dict[str, str], labels: list[str], config,
                  out: Path) -> dict:
+    from moatkit.app.iterate.train import source_of
     from moatkit.serving.monitoring.model_runner import VersionModel
 
+    named = ({config.target_slice} if config.target_slice else set()) | set(config.min_accuracy)
+    if named - set(golden):
+        raise ConfigError(f"target_slice / min_accuracy name slices that are not golden: {sorted(named - set(golden))}"
+                          f" (the golden slices are {sorted(golden)})", fix="add them: --set golden.NAME=DIR")
+    theirs = source_of(candidate_dir).get("labels")
+    if theirs != labels:
+        raise ConfigError(f"the candidate's classes {theirs} are not the served version's {labels}",
+                          fix="train the candidate on the same labels, in the same order")
     slices = {name: read_slice(name, path, labels) for name, path in golden.items()}
     models = {"current": VersionModel(current_dir), "candidate": VersionModel(candidate_dir)}
     metrics = {side: slice_metrics(model, slices, labels) for side, model in models.items()}

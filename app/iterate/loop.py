@@ -6,6 +6,7 @@ The run stops after `select` until `annotations` names the answered batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 from moatkit.app.iterate.config import IterateConfig
 from moatkit.data.core.errors import ConfigError
 
-# what a resumed run may change: the answered batch arrives on the second run; addresses and waits are operational
-_NOT_FINGERPRINTED = ("annotations", "grpc", "rest", "live_timeout_s", "probes", "skip_offline_gate")
+# what a resumed run may change: the answered batch arrives on the second run, a dry run (deploy: false) may
+# go on to deploy; addresses and waits are operational
+_NOT_FINGERPRINTED = ("annotations", "grpc", "rest", "live_timeout_s", "probes", "skip_offline_gate", "deploy")
 
 
 class State:
@@ -68,8 +70,8 @@ def _select(config, state, run_dir, current_dir, current, labels, train_keys, lo
 
     probabilities = np.stack([p["probabilities"] for p in pool])
     embeddings = reference = None
-    model = VersionModel(current_dir)
-    if config.strategy == "loop" and model.has_embeddings:
+    model = VersionModel(current_dir) if config.strategy == "loop" else None
+    if model is not None and model.has_embeddings:
         embeddings = model.embeddings([p["text"] for p in pool])
         reference = read_profile(current_dir).get("embeddings", {}).get("values")
     chosen, scores = choose(probabilities, config.budget, strategy=config.strategy, seed=config.seed,
@@ -95,7 +97,7 @@ def _train(config, state, run_dir, source, labels, log) -> dict:
         log(f"merge: {report['labelled']} labelled, {report['duplicates']} duplicate rows, "
             f"{report['conflicts']} conflicting ids left out, {report['unanswered']} unanswered")
     new = [json.loads(line) for line in (run_dir / "merge" / "labelled.jsonl").read_text().splitlines() if line]
-    train_data = config.train_data or source.get("split_dir")
+    train_data = config.train_data or source.get("origin_split_dir") or source.get("split_dir")
     if not train_data:
         raise ConfigError("the version records no training split", fix="set train_data to its split dir")
     sizes = build_training_data(run_dir / "data", old_split=Path(train_data), new=new, labels=labels,
@@ -108,47 +110,81 @@ def _train(config, state, run_dir, source, labels, log) -> dict:
         raise ConfigError(f"the version's checkpoint {base_model!r} is not a dir",
                           fix="set base_model to the HF model dir the version was exported from")
     report = train_candidate(run_dir / "train", data_dir=run_dir / "data", base_model=base_model,
+                             origin_split=str(train_data),
                              config=dataclasses.replace(config, max_length=config.max_length or source.get("max_length")))
     return state.finish("train", {"model_dir": report["saved_model_dir"], "sizes": sizes,
                                   "heldout_new_accuracy": report["test"]["accuracy"]})
 
 
 def run_iterate(config: IterateConfig, *, log=print) -> dict:
-    from moatkit.app.iterate.train import source_of
-
+    """The loop; returns {"status", "candidate" (the published version or None), "report"} or, before the
+    answers exist, {"status": "waiting for annotations", "batch"}."""
     config.validate()
+    base = Path(config.repo) / config.model
+    if not config.run_dir:  # one run dir per improved version, so the documented command never meets an old loop
+        config = dataclasses.replace(config, run_dir=f"runs/iterate/{config.model}-v{_current_version(config, base)}")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):
+        return _run(config, run_dir, base, log)
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path):
+    """One `moat iterate` per run dir; the lock dies with its process, so a killed run leaves none behind."""
+    import fcntl
+
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another `moat iterate` is running on '{run_dir}'",
+                              fix="wait for it to finish, or use another run_dir") from None
+        yield
+
+
+def _run(config: IterateConfig, run_dir: Path, base: Path, log) -> dict:
+    from moatkit.app.iterate.steps import _server, deploy_and_decide
+    from moatkit.app.iterate.train import source_of
+
     state = State(run_dir, config)
-    base = Path(config.repo) / config.model
-    current = (state.done("start") or state.finish("start", {"current": _current_version(config, base)}))["current"]
+    current = (state.done("start") or {}).get("current") or _current_version(config, base)
     current_dir = base / str(current)
     if not (current_dir / "saved_model.pb").is_file():
         raise ConfigError(f"version {current} of {config.model!r} is not in '{base}'", fix="set repo, model, version")
     source = source_of(current_dir)
-    labels = source.get("labels")
+    labels = source.get("labels") or _profile_labels(current_dir)
     if not labels:
         raise ConfigError(f"'{current_dir}' records no class labels (assets.extra/moat_source.json)",
                           fix="iterate improves classifiers exported by `moat export`; export the version again")
+    if config.deploy:  # a wrong server address or config file is found now, not after the training
+        _server(config, log, base=base)
+    state.done("start") or state.finish("start", {"current": current})
     if state.done("select") is None and not config.candidate:
-        _select(config, state, run_dir, current_dir, current, labels, _train_keys(config, source), log)
+        _select(config, state, run_dir, current_dir, current, labels, _known_keys(config, source), log)
     if state.done("train") is None:
         if config.annotations is None and not config.candidate:
             batch = state.done("select")["batch"]
             log(f"annotate the label column of {batch}, then run the same command with --set annotations={batch}")
             return {"status": "waiting for annotations", "batch": batch}
         _train(config, state, run_dir, source, labels, log)
-    from moatkit.app.iterate.steps import deploy_and_decide
-
     return deploy_and_decide(config, state, run_dir, base=base, current=current, labels=labels, log=log)
 
 
-def _train_keys(config: IterateConfig, source: dict) -> set[str]:
-    """Text keys of the old training split: a logged text the model was trained on teaches it nothing new."""
+def _known_keys(config: IterateConfig, source: dict) -> set[str]:
+    """Text keys left out of the pool: the old training split (it teaches the model nothing new) and every golden
+    slice (annotated and trained on, it would inflate the gate's numbers)."""
     from moatkit.data.dataset import read_records
     from moatkit.serving.monitoring.feedback import text_key
 
-    split = config.train_data or source.get("split_dir")
-    if not split or not (Path(split) / "train" / "manifest.json").is_file():
-        return set()
-    return {text_key(r["text"]) for r in read_records(Path(split) / "train") if r.get("text")}
+    split = config.train_data or source.get("origin_split_dir") or source.get("split_dir")
+    dirs = [Path(split) / "train"] if split else []
+    dirs += [Path(path) for path in config.golden.values()]
+    return {text_key(r["text"]) for d in dirs if (d / "manifest.json").is_file() for r in read_records(d)
+            if r.get("text")}
+
+
+def _profile_labels(version_dir: Path) -> list[str] | None:
+    from moatkit.serving.monitoring.profile import PROFILE_FILE, read_profile
+
+    return read_profile(version_dir, embeddings=False).get("labels") if (version_dir / PROFILE_FILE).is_file() else None

@@ -2,19 +2,20 @@
 
 Transitions are model config changes, written to the server's --model_config_file (atomically, so a poll never
 reads half a file) and applied at once with ModelService/HandleReloadConfigRequest, which the real
-tensorflow_model_server has too. Order matters so that no request fails and each is answered by one version:
-- canary: load the candidate beside the current version (unversioned requests held on `stable`, which TF Serving
-  would send to the newest version), wait until it is AVAILABLE, then add
-  the `canary` label and the routing file (serving/model_manager.py ROUTING_FILE) that sends canary_percent of
-  unversioned requests to it; TF Serving would only assign a label to a loaded version, hence two reloads;
-- promote: `stable` moves to the candidate (the routing file still sends unversioned requests to `stable`), then
-  the routing file goes and the old version is unloaded;
-- roll back: canary share 0 and labels back to the current version, then the candidate is unloaded and its dir
-  moved to <base>/rejected/ so no server, restarted or not, picks it up again (its number is never reused).
+tensorflow_model_server has too; a refused or failed reload puts the files back as they were. The routing file
+(serving/routing.py) stays once written, so unversioned requests always go to `stable`, and `canary` always names a
+loaded version (the stable one when there is no canary). Order matters so that no request fails and each is
+answered by one version:
+- pin: only the current version, both labels on it, before the candidate's dir appears (a `latest` policy would
+  otherwise load it on the next file-system poll);
+- canary: load the candidate beside it, wait until AVAILABLE (TF Serving assigns labels only to loaded versions),
+  then point `canary` at it with canary_percent of the unversioned requests;
+- promote: both labels to the candidate, then the old version unloaded;
+- roll back: both labels back to the current version, the candidate unloaded and its dir moved to
+  <base>/rejected/, so no server, restarted or not, picks it up again (and its number is never reused).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from moatkit.data.core.errors import ConfigError, ModelError
-from moatkit.serving.model_manager import ROUTING_FILE
+from moatkit.serving.routing import ROUTING_FILE
 
 STABLE, CANARY = "stable", "canary"
 
@@ -40,18 +41,19 @@ def next_free_version(base: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def _digest(version_dir: Path) -> str:
-    return hashlib.sha256((version_dir / "saved_model.pb").read_bytes()).hexdigest()
+CANDIDATE_MARK = "assets.extra/moat_candidate.json"  # which loop's candidate a version dir is
 
 
 def publish_version(candidate_dir: Path, base: Path, version: int) -> Path:
     """Copies the gated candidate into the model repository as <base>/<version>, atomically. The same candidate
-    copied before is reused; another model under that number is an error (a version is never written twice)."""
+    copied before (same mark) is reused; another model under that number is an error: a version is never
+    written twice."""
     final = base / str(version)
-    if final.exists():
-        if (final / "saved_model.pb").is_file() and _digest(final) == _digest(candidate_dir):
+    mark = (candidate_dir / CANDIDATE_MARK).read_text()
+    if final.exists() or (base / "rejected" / str(version)).exists():
+        if (final / CANDIDATE_MARK).is_file() and (final / CANDIDATE_MARK).read_text() == mark:
             return final
-        raise ModelError(f"version {version} already exists at '{final}' and is not this loop's candidate",
+        raise ModelError(f"version {version} already exists under '{base}' and is not this loop's candidate",
                          fix="start a new run_dir (the loop picks the next free version)")
     if not os.access(base, os.W_OK):
         raise ConfigError(f"the model repository '{base}' is not writable", fix="fix its permissions or set repo")
@@ -78,7 +80,11 @@ class Server:
         from tensorflow_serving.config import model_server_config_pb2
 
         proto = model_server_config_pb2.ModelServerConfig()
-        text_format.Parse(self.config_file.read_text(encoding="utf-8"), proto)
+        try:
+            text_format.Parse(self.config_file.read_text(encoding="utf-8"), proto)
+        except text_format.ParseError as err:
+            raise ConfigError(f"'{self.config_file}' is not a model config: {err}",
+                              fix="fix the file (tensorflow_serving/config/model_server_config.proto)") from None
         return proto
 
     def entry(self, proto=None):
@@ -95,13 +101,15 @@ class Server:
     def labels(self) -> dict[str, int]:
         return dict(self.entry().version_labels)
 
-    def apply(self, action: str, versions: list[int], labels: dict[str, int], routing: dict | None) -> None:
+    def apply(self, action: str, versions: list[int], labels: dict[str, int], percent: float = 0.0) -> None:
         """Writes the routing rule and the config (specific versions + labels), then reloads the server."""
+        import grpc
         from google.protobuf import text_format
         from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
         from moatkit.serving.client import open_channel
 
+        routing = {"default_label": STABLE, "canary_label": CANARY, "canary_percent": percent}
         proto = self._proto()
         entry = self.entry(proto)
         entry.model_version_policy.specific.Clear()
@@ -109,28 +117,42 @@ class Server:
         entry.version_labels.clear()
         entry.version_labels.update(labels)
         routing_path = Path(entry.base_path) / ROUTING_FILE
-        if routing is None:
-            routing_path.unlink(missing_ok=True)
-        else:
-            _write_atomic(routing_path, json.dumps(routing))
+        before = {path: path.read_text(encoding="utf-8") if path.is_file() else None
+                  for path in (routing_path, self.config_file)}
+        _write_atomic(routing_path, json.dumps(routing))
         _write_atomic(self.config_file, text_format.MessageToString(proto))
-        request = model_management_pb2.ReloadConfigRequest(config=proto)
-        with open_channel(self.grpc) as channel:
-            response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=600)
-        if response.status.error_code != 0:
-            raise ModelError(f"the server refused the config for {action}: {response.status.error_message}",
-                             fix=f"check '{self.config_file}' and the server log")
+        try:
+            with open_channel(self.grpc) as channel:
+                response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                    model_management_pb2.ReloadConfigRequest(config=proto), timeout=600)
+            problem = response.status.error_message if response.status.error_code != 0 else None
+        except grpc.RpcError as err:
+            problem = f"{err.code().name}: {err.details()}"
+        if problem is not None:
+            for path, text in before.items():  # as it was: a later poll or restart must not apply a refused config
+                if text is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    _write_atomic(path, text)
+            raise ModelError(f"the server at {self.grpc} did not take the config for {action}: {problem}",
+                             fix=f"check that it runs with --model_config_file={self.config_file} (set grpc)")
         self.transitions.append({"time": time.time(), "action": action, "versions": sorted(versions),
-                                 "labels": labels, "routing": routing})
+                                 "labels": labels, "canary_percent": percent})
         self.log(f"{action}: versions {sorted(versions)}, labels {labels}"
-                 + (f", {routing['canary_percent']}% of unversioned requests to the canary" if routing else ""))
+                 + (f", {percent}% of unversioned requests to the canary" if percent else ""))
 
     def wait_available(self, version: int, timeout: float = 300.0) -> None:
+        import grpc
+
         from moatkit.serving.client import grpc_model_status
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = {s["version"]: s for s in grpc_model_status(self.grpc, self.model)}
+            try:
+                states = {s["version"]: s for s in grpc_model_status(self.grpc, self.model)}
+            except grpc.RpcError as err:
+                raise ModelError(f"the server at {self.grpc} did not answer GetModelStatus: {err.code().name}",
+                                 fix="check that it is running (set grpc)") from None
             state = states.get(version)
             if state and state["state"] == "AVAILABLE":
                 return
@@ -140,22 +162,27 @@ class Server:
             time.sleep(0.5)
         raise ModelError(f"version {version} was not AVAILABLE after {timeout:.0f}s", fix="check the server log")
 
+    def check_stable(self, current: int) -> None:
+        stable = self.labels().get(STABLE)
+        if stable not in (None, current):
+            raise ConfigError(f"the server's stable label is on version {stable}, not on version {current} that this "
+                              "loop improves", fix="start a new run (a new run_dir) from the version now served")
+
+    def pin(self, current: int) -> None:
+        self.apply("pin current", [current], {STABLE: current, CANARY: current})
+
     def canary(self, current: int, candidate: int, percent: float) -> None:
-        hold = {"default_label": STABLE, "canary_label": CANARY, "canary_percent": 0}  # unversioned: stable
-        self.apply("load candidate", [current, candidate], {STABLE: current}, hold)
+        self.apply("load candidate", [current, candidate], {STABLE: current, CANARY: current})
         self.wait_available(candidate)
-        self.apply("canary", [current, candidate], {STABLE: current, CANARY: candidate},
-                   {"default_label": STABLE, "canary_label": CANARY, "canary_percent": percent})
+        self.apply("canary", [current, candidate], {STABLE: current, CANARY: candidate}, percent)
 
     def promote(self, current: int, candidate: int) -> None:
-        self.apply("promote", [current, candidate], {STABLE: candidate},
-                   {"default_label": STABLE, "canary_label": CANARY, "canary_percent": 0})
-        self.apply("unload previous", [candidate], {STABLE: candidate}, None)
+        self.apply("promote", [current, candidate], {STABLE: candidate, CANARY: candidate})
+        self.apply("unload previous", [candidate], {STABLE: candidate, CANARY: candidate})
 
     def rollback(self, current: int, candidate: int) -> None:
-        self.apply("roll back", [current, candidate], {STABLE: current},
-                   {"default_label": STABLE, "canary_label": CANARY, "canary_percent": 0})
-        self.apply("unload candidate", [current], {STABLE: current}, None)
+        self.apply("roll back", [current, candidate], {STABLE: current, CANARY: current})
+        self.apply("unload candidate", [current], {STABLE: current, CANARY: current})
         rejected = self.base_path / "rejected"
         rejected.mkdir(exist_ok=True)
         source = self.base_path / str(candidate)

@@ -50,8 +50,12 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def novelty(embeddings: np.ndarray, reference: np.ndarray, *, k: int = 5) -> np.ndarray:
     """Mean distance to the k nearest reference embeddings (the monitor's per-text out-of-distribution score)."""
-    distances = np.sqrt(squared_distances(embeddings.astype(np.float64), reference.astype(np.float64)))
-    return np.sort(distances, axis=1)[:, :k].mean(1)
+    reference = reference.astype(np.float64)
+    scores = []
+    for start in range(0, len(embeddings), 2048):  # (2048, reference) at a time: 100k logged texts stay small
+        chunk = squared_distances(embeddings[start:start + 2048].astype(np.float64), reference)
+        scores.append(np.sqrt(np.partition(chunk, min(k, chunk.shape[1]) - 1, axis=1)[:, :k]).mean(1))
+    return np.concatenate(scores) if scores else np.zeros(0)
 
 
 def choose(probabilities: np.ndarray, budget: int, *, strategy: str, seed: int, embeddings=None, reference=None,

@@ -11,31 +11,46 @@ from moatkit.data.core.errors import ConfigError
 
 def deploy_and_decide(config, state, run_dir: Path, *, base: Path, current: int, labels: list[str], log) -> dict:
     from moatkit.app.iterate.gate import offline_gate
-    from moatkit.app.iterate.rollout import next_free_version
     from moatkit.app.iterate.train import export_candidate
 
-    if state.done("version") is None:  # chosen once: a resumed run never writes another number
-        state.finish("version", {"version": next_free_version(base)})
-    version = state.done("version")["version"]
     exported = state.done("export")
-    if exported is None:
+    if exported is None:  # numbered only when published: refused candidates take no version number
         exported = state.finish("export", export_candidate(Path(state.done("train")["model_dir"]),
-                                                           run_dir / "candidate", config.model, version, log=log))
+                                                           run_dir / "candidate", config.model, log=log))
     candidate_dir = Path(exported["version_dir"])
     blessing = state.done("gate")
     if blessing is None:
-        golden = dict(config.golden) or _default_golden(base / str(current))
+        golden = dict(config.golden) or default_golden(base / str(current))
         blessing = state.finish("gate", offline_gate(base / str(current), candidate_dir, golden, labels, config,
                                                      run_dir / "gate"))
         log(f"offline gate: {'blessed' if blessing['blessed'] else 'REFUSED'} (run_dir/gate/blessing.md)")
     if not blessing["blessed"] and not config.skip_offline_gate:
-        return _report(config, state, run_dir, "refused by the offline gate", version, log)
+        return _report(config, state, run_dir, "refused by the offline gate", None, log)
+    if not config.deploy:
+        outcome = "blessed" if blessing["blessed"] else "refused (skip_offline_gate)"
+        return _report(config, state, run_dir, f"{outcome}, not deployed (deploy: false)", None, log)
     server = _server(config, log)
+    if state.done("publish") is None:
+        server.check_stable(current)
+        server.pin(current)  # before the dir appears: no `latest` poll may load it ahead of the canary
+        from moatkit.app.iterate.rollout import next_free_version
+
+        state.finish("publish", {"version": next_free_version(base), "transitions": server.transitions})
+    version = state.done("publish")["version"]
     if state.done("canary") is None:
         from moatkit.app.iterate.rollout import publish_version
+        from moatkit.data.core.errors import ModelError
 
         publish_version(candidate_dir, base, version)
-        server.canary(current, version, config.canary_percent)
+        server.transitions = []
+        try:
+            server.canary(current, version, config.canary_percent)
+        except ModelError as err:  # it failed to load: out of service for good, recorded as a roll back
+            log(f"canary: {err}")
+            server.rollback(current, version)
+            state.finish("decide", {"decision": "rolled back (the candidate failed to load)", "error": str(err),
+                                    "transitions": server.transitions})
+            return _report(config, state, run_dir, state.done("decide")["decision"], version, log)
         state.finish("canary", {"transitions": server.transitions, "started": time.time()})
     if state.done("live") is None:
         state.finish("live", _live(config, base / str(current), current, version, labels, log))
@@ -47,7 +62,7 @@ def deploy_and_decide(config, state, run_dir: Path, *, base: Path, current: int,
             from moatkit.app.iterate.rollout import prune_versions
 
             server.promote(current, version)
-            pruned = prune_versions(base, config.keep_versions, served={version})
+            pruned = prune_versions(base, config.keep_versions, served={version, current})
             state.finish("decide", {"decision": "promoted", "transitions": server.transitions, "pruned": pruned})
         else:
             server.rollback(current, version)
@@ -55,20 +70,26 @@ def deploy_and_decide(config, state, run_dir: Path, *, base: Path, current: int,
     return _report(config, state, run_dir, state.done("decide")["decision"], version, log)
 
 
-def _default_golden(current_dir: Path) -> dict:
+def default_golden(current_dir: Path) -> dict:
     from moatkit.app.iterate.train import source_of
 
-    split = source_of(current_dir).get("split_dir")
+    source = source_of(current_dir)
+    split = source.get("origin_split_dir") or source.get("split_dir")
     if not split or not (Path(split) / "test").is_dir():
         raise ConfigError("no golden slices: the version records no test split",
                           fix="name them: --set golden.original=<test dir> --set golden.new=<held-out dir>")
     return {"original": str(Path(split) / "test")}
 
 
-def _server(config, log):
+def _server(config, log, *, base: Path | None = None):
+    """The server's config entry for the model; with `base`, checked to serve from that repository dir."""
     from moatkit.app.iterate.rollout import Server
 
-    return Server(grpc=config.grpc, model=config.model, config_file=config.model_config_file, log=log)
+    server = Server(grpc=config.grpc, model=config.model, config_file=config.model_config_file, log=log)
+    if base is not None and server.base_path.resolve() != base.resolve():
+        raise ConfigError(f"'{config.model_config_file}' serves {config.model!r} from '{server.base_path}', "
+                          f"not from '{base}'", fix="set repo to the dir above the served base_path")
+    return server
 
 
 def _live(config, current_dir: Path, current: int, version: int, labels: list[str], log) -> dict:
@@ -91,8 +112,8 @@ def _report(config, state, run_dir: Path, outcome: str, version: int, log) -> di
     report = {"outcome": outcome, "model": config.model, "current": steps["start"]["current"], "candidate": version,
               "steps": steps}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    lines = [f"# moat iterate: {outcome}", "", f"Version {report['current']} → candidate {version} of "
-             f"`{config.model}`.", ""]
+    named = f"candidate version {version}" if version else "the candidate (never published)"
+    lines = [f"# moat iterate: {outcome}", "", f"Version {report['current']} of `{config.model}` → {named}.", ""]
     if (run_dir / "gate" / "blessing.md").is_file():
         lines += ["## Offline gate", "", *(run_dir / "gate" / "blessing.md").read_text().splitlines()[2:], ""]
     if "live" in steps:
@@ -100,7 +121,7 @@ def _report(config, state, run_dir: Path, outcome: str, version: int, log) -> di
         lines += [f"| {c['check']} | {c['value']} | {c['threshold']} | {'yes' if c['passed'] else 'NO'} |"
                   for c in steps["live"]["checks"]]
         lines.append("")
-    transitions = [t for name in ("canary", "decide") for t in steps.get(name, {}).get("transitions", [])]
+    transitions = [t for name in ("publish", "canary", "decide") for t in steps.get(name, {}).get("transitions", [])]
     if transitions:
         lines += ["## Transitions", ""] + [f"- {time.strftime('%H:%M:%S', time.localtime(t['time']))} "
                                             f"{t['action']}: versions {t['versions']}, labels {t['labels']}"

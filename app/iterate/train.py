@@ -58,25 +58,43 @@ def build_training_data(out: Path, *, old_split: Path, new: list[dict], labels: 
             "dev": len(dev), "test": len(test)}
 
 
-def train_candidate(run_dir: Path, *, data_dir: Path, base_model: str, config) -> dict:
-    """`moat finetune` from the version's checkpoint; returns its report (resumes a killed run)."""
+def train_candidate(run_dir: Path, *, data_dir: Path, base_model: str, origin_split: str, config) -> dict:
+    """`moat finetune` from the version's checkpoint; returns its report (resumes a killed run; a finished one is
+    not trained again). The candidate's moat_task.json keeps `origin_split_dir`, the original split, so the next
+    iteration replays and gates on it rather than on this loop's mix."""
     from moatkit.models.finetune import FinetuneConfig, finetune
 
-    finetune_config = FinetuneConfig(task="classification", model=base_model, data=str(data_dir), target="label",
-                                     run_dir=str(run_dir), epochs=config.epochs, learning_rate=config.learning_rate,
-                                     batch_size=config.batch_size, max_length=config.max_length or 64,
-                                     seed=config.seed, patience=max(config.epochs, 2), log_every=20)
-    return finetune(finetune_config, verbose=0)
+    report_path, task_path = run_dir / "report.json", run_dir / "model" / "moat_task.json"
+    if not (report_path.is_file() and task_path.is_file()):
+        finetune(FinetuneConfig(task="classification", model=base_model, data=str(data_dir), target="label",
+                                run_dir=str(run_dir), epochs=config.epochs, learning_rate=config.learning_rate,
+                                batch_size=config.batch_size, max_length=config.max_length or 64, seed=config.seed,
+                                patience=max(config.epochs, 2), log_every=20), verbose=0)
+    task = json.loads(task_path.read_text())
+    if task.get("origin_split_dir") != origin_split:
+        task["origin_split_dir"] = origin_split
+        partial = task_path.with_name("moat_task.json.partial")
+        partial.write_text(json.dumps(task, indent=2))
+        partial.replace(task_path)
+    return json.loads(report_path.read_text())
 
 
-def export_candidate(model_dir: Path, out_repo: Path, name: str, version: int, *, log=print) -> dict:
-    """The candidate as version `version` of `name` under out_repo (not the served repository: it is gated
-    first), with its monitoring profile."""
+def export_candidate(model_dir: Path, out_dir: Path, name: str, *, log=print) -> dict:
+    """The candidate exported under out_dir (not the served repository: it is gated first), with its monitoring
+    profile and a mark naming this loop (rollout.CANDIDATE_MARK) so a copy of it is recognised when published."""
+    from moatkit.app.iterate.rollout import CANDIDATE_MARK
     from moatkit.app.monitor_profile import export_profile_hook
     from moatkit.models.export import ExportConfig, export_text_model
 
-    final = out_repo / name / str(version)
-    if (final / "saved_model.pb").is_file():
-        return {"version_dir": str(final), "version": version, "reused": True}
-    return export_text_model(ExportConfig(model_dir=str(model_dir), repo=str(out_repo), name=name, version=version),
-                             extra=export_profile_hook(log))
+    final = out_dir / name / "1"
+    if not (final / CANDIDATE_MARK).is_file():
+        import shutil
+        import time
+
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # a half-finished export of a killed run
+        export_text_model(ExportConfig(model_dir=str(model_dir), repo=str(out_dir), name=name, version=1),
+                          extra=export_profile_hook(log))
+        (final / CANDIDATE_MARK).write_text(json.dumps({"run_dir": str(out_dir.parent.resolve()),
+                                                        "model_dir": str(model_dir), "created": time.time()}))
+    return {"version_dir": str(final), "megabytes": round(sum(p.stat().st_size for p in final.rglob("*")
+                                                              if p.is_file()) / 1e6, 1)}

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from moatkit.app.iterate.config import IterateConfig
 from moatkit.app.iterate.loop import run_iterate
+from moatkit.app.loadgen import BackgroundLoad
 from moatkit.data.core.errors import MoatError
 from moatkit.data.dataset import read_records, write_dataset
 from moatkit.serving import client
@@ -26,34 +26,6 @@ from moatkit.serving.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 MR, SHIFTED, BUDGET = 120, 240, 60
-
-
-class Load:
-    """Clients sending unversioned one-text requests until stopped; every failure is kept."""
-
-    def __init__(self, rest: str, texts: list[str], clients: int = 4):
-        self.rest, self.texts, self.failures, self.sent = rest, texts, [], 0
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def _run(self, seed: int):
-        rng = np.random.default_rng(seed)
-        while not self.stop.is_set():
-            try:
-                client.rest_predict(self.rest, "sentiment", [self.texts[rng.integers(len(self.texts))]], timeout=60)
-                self.sent += 1
-            except Exception as err:  # noqa: BLE001  every failure is the test's business
-                self.failures.append(repr(err))
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +60,19 @@ def world(tiny_run, tmp_path_factory):
         truth = {text_key(r["text"]): r["label"] for r in served}
         yield {"work": work, "server": server, "config": config, "truth": truth, "served": served,
                "amazon": {text_key(r["text"]) for r in amazon}}
+
+
+def client_version(grpc_address: str) -> int:
+    """The version that answered one unversioned gRPC Predict (PredictResponse.model_spec)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "sentiment"
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(["a fine film"]))
+    with client.open_channel(grpc_address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    return response.model_spec.version.value
 
 
 def _config(world, run_dir, **overrides) -> IterateConfig:
@@ -135,7 +120,7 @@ def test_loop_trains_gates_canaries_survives_a_kill_and_promotes(world):
     answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = _config(world, run_dir, annotations=str(answers))
     texts = [r["text"] for r in world["served"]]
-    with Load(world["server"].rest_address, texts) as load:
+    with BackgroundLoad(world["server"].rest_address, "sentiment", texts, clients=4) as load:
         process = subprocess.Popen(_cli(config), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         deadline = time.monotonic() + 400
@@ -161,7 +146,8 @@ def test_loop_trains_gates_canaries_survives_a_kill_and_promotes(world):
     versions = {s["version"]: s["state"] for s in client.grpc_model_status(world["server"].grpc_address, "sentiment")}
     assert versions[2] == "AVAILABLE" and versions[1] != "AVAILABLE"
     assert 'key: "stable"' in world["config"].read_text() and "value: 2" in world["config"].read_text()
-    assert not (world["work"] / "models" / "sentiment" / "moat_routing.json").exists()
+    routing = json.loads((world["work"] / "models" / "sentiment" / "moat_routing.json").read_text())
+    assert routing == {"default_label": "stable", "canary_label": "canary", "canary_percent": 0.0}
     assert (world["work"] / "models" / "sentiment" / "2" / "assets.extra" / "moat_profile.json").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Offline gate" in report and "## Live gate" in report and "promote" in report
@@ -180,7 +166,8 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
         if (tiny_run / "model" / name).is_file():
             (constant / name).write_bytes((tiny_run / "model" / name).read_bytes())
     config = _config(world, tmp_path / "bad", candidate=str(constant), skip_offline_gate=True)
-    with Load(world["server"].rest_address, [r["text"] for r in world["served"]]) as load:
+    with BackgroundLoad(world["server"].rest_address, "sentiment", [r["text"] for r in world["served"]],
+                        clients=4) as load:
         result = run_iterate(config, log=lambda *_: None)
     assert load.failures == []
     assert result["status"] == "rolled back" and result["candidate"] == 3
@@ -189,7 +176,8 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
     assert {"agreement", "class_shift"} <= failed
     assert (world["work"] / "models" / "sentiment" / "rejected" / "3" / "saved_model.pb").is_file()
     assert not (world["work"] / "models" / "sentiment" / "3").exists()
-    assert client.rest_predict(world["server"].rest_address, "sentiment", ["fine"], label="stable")
+    answered = {client_version(world["server"].grpc_address) for _ in range(20)}  # unversioned, after the roll back
+    assert answered == {2}
     assert {s["version"] for s in client.grpc_model_status(world["server"].grpc_address, "sentiment")
             if s["state"] == "AVAILABLE"} == {2}
 
@@ -198,7 +186,7 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
     shutil.copy(tiny_run / "model" / "moat_task.json", chance / "moat_task.json")
     refused = run_iterate(_config(world, tmp_path / "chance", candidate=str(chance), max_drop=0.005),
                           log=lambda *_: None)
-    assert refused["status"] == "refused by the offline gate" and refused["candidate"] == 4
+    assert refused["status"] == "refused by the offline gate" and refused["candidate"] is None
     blessing = json.loads((tmp_path / "chance" / "gate" / "blessing.json").read_text())
     assert not blessing["blessed"] and not (world["work"] / "models" / "sentiment" / "4").exists()
 
@@ -213,6 +201,11 @@ def test_bad_input_is_one_clear_line(world, tmp_path):
     run_iterate(_config(world, fresh, version=2), log=lambda *_: None)
     with pytest.raises(MoatError, match="is not in the dataset"):
         run_iterate(_config(world, fresh, version=2, annotations=str(stray)), log=lambda *_: None)
+    first = json.loads((fresh / "select" / "batch.jsonl").read_text().splitlines()[0])["id"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text(f"id,label\n{first},\n")
+    with pytest.raises(MoatError, match="answers none of the"):
+        run_iterate(_config(world, fresh, version=2, annotations=str(empty)), log=lambda *_: None)
     with pytest.raises(MoatError, match="another config"):
         run_iterate(_config(world, fresh, version=2, budget=10), log=lambda *_: None)
     with pytest.raises(MoatError, match="golden slice 'gone'"):

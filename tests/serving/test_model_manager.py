@@ -196,11 +196,12 @@ def test_servable_errors(tmp_path, model_templates):
 
 
 def test_routing_file_splits_unversioned_requests_by_label_exactly(tmp_path, model_templates):
-    """moat_routing.json (the canary extension): unversioned requests go to `stable`, exactly canary_percent of
-    them to `canary`; a request naming a version or label is routed as TF Serving routes it."""
+    """moat_routing.json (the canary extension): unversioned inference requests go to `stable`, exactly
+    canary_percent of them to `canary`; metadata/health lookups neither route nor count; a request naming a version
+    or label is routed as TF Serving routes it; a label whose version is not loaded falls back to `stable`."""
     import json
 
-    from moatkit.serving.model_manager import ROUTING_FILE
+    from moatkit.serving.routing import ROUTING_FILE
 
     install_version(model_templates, tmp_path, 1)
     install_version(model_templates, tmp_path, 2)
@@ -208,19 +209,27 @@ def test_routing_file_splits_unversioned_requests_by_label_exactly(tmp_path, mod
                          labels={"stable": 1, "canary": 2})
     manager = ModelManager([config], poll_wait_seconds=0)
     manager.start()
-    assert manager.get_servable("text").version == 2  # TF Serving's rule without the file: the newest
+    routed = lambda: manager.get_servable("text", route=True).version  # noqa: E731
+    assert routed() == 2  # TF Serving's rule without the file: the newest
     (tmp_path / ROUTING_FILE).write_text(json.dumps({"default_label": "stable", "canary_label": "canary",
                                                      "canary_percent": 10}))
     manager.reload_once()
-    versions = [manager.get_servable("text").version for _ in range(200)]
+    versions = []
+    for _ in range(200):
+        versions.append(routed())
+        assert manager.get_servable("text").version == 2  # not an inference request: TF Serving's rule, no count
     assert versions.count(2) == 20 and versions.count(1) == 180
-    assert all(manager.get_servable("text", label="stable").version == 1 for _ in range(5))
-    assert manager.get_servable("text", version=2).version == 2
-    (tmp_path / ROUTING_FILE).write_text("{not json")  # a broken rule is ignored (logged), the last one kept
-    os.utime(tmp_path / ROUTING_FILE, (time.time() + 5, time.time() + 5))
-    manager.reload_once()
-    assert [manager.get_servable("text").version for _ in range(10)].count(2) == 1
+    assert all(manager.get_servable("text", label="stable", route=True).version == 1 for _ in range(5))
+    assert manager.get_servable("text", version=2, route=True).version == 2
+    for broken in ("{not json", "[]"):  # a broken rule is ignored (logged once), the last good one kept
+        (tmp_path / ROUTING_FILE).write_text(broken)
+        os.utime(tmp_path / ROUTING_FILE, (time.time() + 5, time.time() + 5))
+        manager.reload_once()
+        assert [routed() for _ in range(10)].count(2) == 1
+    manager.reload_config([ModelConfig(name="text", base_path=str(tmp_path), policy="specific", versions=(1,),
+                                       labels={"stable": 1, "canary": 2})])  # canary unloaded, label left behind
+    assert {routed() for _ in range(30)} == {1}
     (tmp_path / ROUTING_FILE).unlink()
     manager.reload_once()
-    assert manager.get_servable("text").version == 2
+    assert routed() == 1
     manager.stop()
