@@ -40,7 +40,9 @@ class IterateBench:
     budget: int = 300
     seeds: int = 3
     clients: int = 16
-    shuffled: bool = True  # also train a candidate on shuffled labels (the offline gate must refuse it)
+    shuffled: bool = True  # candidates on shuffled labels: only the annotations, and all training labels
+    deploy: bool = True  # deploy the loop's first candidate for real (canary, live gate, promotion)
+    rollback: bool = True  # deploy a constant-class candidate past the offline gate: the live gate must roll it back
 
 
 def _write(path: Path, records: list[dict], name: str) -> str:
@@ -120,6 +122,71 @@ def _candidate(bench, world, work, domain, server, *, strategy: str, seed: int, 
     return row
 
 
+def _all_shuffled(bench, world, work, domain, server, *, log) -> dict:
+    """A candidate fine-tuned like the loop's on `replay` old examples whose labels are all permuted: the bad
+    candidate the offline gate must refuse (deployed through `candidate`, so it skips select and train)."""
+    from moatkit.app.iterate.train import source_of
+    from moatkit.data.dataset import read_records
+    from moatkit.models.finetune import FinetuneConfig, finetune
+
+    rng = np.random.default_rng(0)
+    train = read_records(Path(world["train_data"]) / "train")
+    train = [train[i] for i in rng.permutation(len(train))[:2000]]
+    labels = rng.permutation([r["label"] for r in train])
+    data = work / "shuffled-all-data"
+    _write(data / "train", [dict(r, label=label) for r, label in zip(train, labels)], "shuffled-train")
+    dev = read_records(Path(world["train_data"]) / "dev")[:600]
+    for name in ("dev", "test"):
+        _write(data / name, dev, f"mr-{name}")
+    base_model = bench.base_model or source_of(world["repo"] / "sentiment" / "1").get("model_dir")
+    report = finetune(FinetuneConfig(task="classification", model=base_model, data=str(data), target="label",
+                                     run_dir=str(work / "shuffled-all-train"), epochs=2, learning_rate=3e-5,
+                                     max_length=64, seed=0), verbose=0)
+    run_dir = work / "shuffled-all"
+    config = IterateConfig(run_dir=str(run_dir), repo=str(world["repo"]), logs=[str(work / "logs")],
+                           candidate=report["saved_model_dir"], golden=world["golden"], target_slice=domain,
+                           grpc=server.grpc_address, rest=server.rest_address,
+                           model_config_file=str(world["config"]), deploy=False)
+    run_iterate(config, log=lambda *_: None)
+    gate = json.loads((run_dir / "state.json").read_text())["steps"]["gate"]
+    row = {"strategy": "all training labels shuffled", "seed": 0, "blessed": gate["blessed"],
+           "current": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["current"].items()},
+           "candidate": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["candidate"].items()},
+           "failed_checks": [c["check"] + ":" + c["slice"] for c in gate["checks"] if not c["passed"]],
+           "run_dir": str(run_dir)}
+    log(f"      {domain} all labels shuffled: {row['candidate']}, {'blessed' if row['blessed'] else 'refused'}")
+    return row
+
+
+def _constant_class(bench, world, work, domain, server, *, log) -> dict:
+    """The served checkpoint with its classifier zeroed and biased to one class, forced past the offline gate
+    (skip_offline_gate) under `clients` concurrent clients: the live gate must roll it back with no failed request."""
+    from transformers import TFBertForSequenceClassification
+
+    from moatkit.app.iterate.train import source_of
+
+    base_model = Path(bench.base_model or source_of(world["repo"] / "sentiment" / "1")["model_dir"])
+    model = TFBertForSequenceClassification.from_pretrained(base_model)
+    kernel, bias = model.classifier.weights
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    bias.assign(np.array([4.0, -4.0], np.float32))
+    constant = work / "constant-model"
+    model.save_pretrained(constant)
+    for path in base_model.iterdir():
+        if path.suffix in (".json", ".txt") and not (constant / path.name).exists():
+            shutil.copy(path, constant / path.name)
+    config = IterateConfig(run_dir=str(work / "constant"), repo=str(world["repo"]), logs=[str(work / "logs")],
+                           candidate=str(constant), skip_offline_gate=True, golden=world["golden"],
+                           grpc=server.grpc_address, rest=server.rest_address, model_config_file=str(world["config"]))
+    with BackgroundLoad(server.rest_address, "sentiment", [r["text"] for r in world["served"]],
+                        clients=bench.clients) as load:
+        outcome = run_iterate(config, log=log)
+    live = json.loads((work / "constant" / "state.json").read_text())["steps"].get("live", {})
+    return {"outcome": outcome["status"], "requests": load.sent, "failed_requests": load.failed,
+            "failed_checks": [c["check"] for c in live.get("checks", []) if not c["passed"]],
+            "versions_after": {s["version"]: s["state"] for s in grpc_model_status(server.grpc_address, "sentiment")}}
+
+
 def run_domain(bench: IterateBench, domain: str, work: Path, *, log=print) -> dict:
     world = _world(bench, domain, work, log)
     rows = []
@@ -131,18 +198,24 @@ def run_domain(bench: IterateBench, domain: str, work: Path, *, log=print) -> di
         if bench.shuffled:
             rows.append(_candidate(bench, world, work, domain, server, strategy="loop", seed=0, log=log,
                                    shuffle=True))
-        deploy_config = dataclasses.replace(rows[0]["config"], deploy=True)
-        with BackgroundLoad(server.rest_address, "sentiment", [r["text"] for r in world["served"]],
-                            clients=bench.clients) as load:
-            outcome = run_iterate(deploy_config, log=log)
-        status = {s["version"]: s["state"] for s in grpc_model_status(server.grpc_address, "sentiment")}
-    state = json.loads((Path(deploy_config.run_dir) / "state.json").read_text())["steps"]
+            rows.append(_all_shuffled(bench, world, work, domain, server, log=log))
+        deployed = None
+        if bench.deploy and rows and "config" in rows[0]:
+            deploy_config = dataclasses.replace(rows[0]["config"], deploy=True)
+            with BackgroundLoad(server.rest_address, "sentiment", [r["text"] for r in world["served"]],
+                                clients=bench.clients) as load:
+                outcome = run_iterate(deploy_config, log=log)
+            status = {s["version"]: s["state"] for s in grpc_model_status(server.grpc_address, "sentiment")}
+            state = json.loads((Path(deploy_config.run_dir) / "state.json").read_text())["steps"]
+            deployed = {"outcome": outcome["status"], "requests": load.sent, "failed_requests": load.failed,
+                        "first_failure": load.failures[:1], "versions_after": status,
+                        "live": {c["check"]: c["value"] for c in state.get("live", {}).get("checks", [])},
+                        "transitions": [t["action"] for k in ("publish", "canary", "decide")
+                                        for t in state.get(k, {}).get("transitions", [])]}
+        rolled_back = _constant_class(bench, world, work, domain, server, log=log) if bench.rollback else None
     for row in rows:
-        row.pop("config")
-    return {"rows": rows, "deploy": {"outcome": outcome["status"], "requests": load.sent,
-                                     "failed_requests": load.failed, "first_failure": load.failures[:1],
-                                     "live": {c["check"]: c["value"] for c in state.get("live", {}).get("checks", [])},
-                                     "versions_after": status}}
+        row.pop("config", None)
+    return {"rows": rows, "deploy": deployed, "rollback": rolled_back}
 
 
 def summary(domain: str, result: dict) -> dict:
@@ -150,6 +223,8 @@ def summary(domain: str, result: dict) -> dict:
         values = [r["candidate"][key] for r in result["rows"] if r["strategy"] == strategy]
         return round(float(np.mean(values)), 4) if values else None
 
+    if not result["rows"]:
+        return {"domain": domain}
     current = result["rows"][0]["current"]
     return {"domain": domain, "before": current, "loop": {k: mean("loop", k) for k in current},
             "random": {k: mean("random", k) for k in current}}
@@ -175,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True)
         results[domain] = run_domain(bench, domain, work)
         results[domain]["summary"] = summary(domain, results[domain])
-        print(json.dumps(results[domain]["summary"]), json.dumps(results[domain]["deploy"]))
+        print(json.dumps(results[domain]["summary"]), json.dumps(results[domain]["deploy"]),
+              json.dumps(results[domain]["rollback"], default=str))
         (out / "iterate.json").write_text(json.dumps(results, indent=2, default=str))
     return 0
 

@@ -141,7 +141,10 @@ def load_text_model(model_dir: str | Path):
 
 
 def next_version(base: Path) -> int:
-    versions = [int(p.name) for p in base.glob("*") if p.is_dir() and p.name.isdigit()]
+    """One more than any version written under base, counting those `moat iterate` rolled back into rejected/
+    (app/iterate/rollout.py): a version number is never reused."""
+    versions = [int(p.name) for folder in (base, base / "rejected") if folder.is_dir()
+                for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 
 

@@ -35,10 +35,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def next_free_version(base: Path) -> int:
-    """One more than any version ever written under base, rejected ones included."""
-    numbers = [int(p.name) for folder in (base, base / "rejected") if folder.is_dir()
-               for p in folder.iterdir() if p.name.isdigit()]
-    return max(numbers, default=0) + 1
+    """One more than any version ever written under base, rejected ones included (models/export.py's rule)."""
+    from moatkit.models.export import next_version
+
+    return next_version(base)
 
 
 CANDIDATE_MARK = "assets.extra/moat_candidate.json"  # which loop's candidate a version dir is
