@@ -195,12 +195,17 @@ class BackgroundLoad:
         with BackgroundLoad("127.0.0.1:8501", "sentiment", texts, clients=16) as load:
             ...  # canary, promote, roll back
         assert load.failures == []
+
+    `interval_s` is each client's pause between requests (0: back to back, a saturating load; tests bound the
+    rate so the loop under test keeps its CPU).
     """
 
-    def __init__(self, rest: str, model: str, texts: list[str], *, clients: int = 16, seed: int = 0):
+    def __init__(self, rest: str, model: str, texts: list[str], *, clients: int = 16, seed: int = 0,
+                 interval_s: float = 0.0):
         if not texts:
             raise ValueError("BackgroundLoad needs texts to send")
         self.rest, self.model, self.texts, self.seed = rest, model, list(texts), seed
+        self.interval_s = interval_s
         self.failures: list[str] = []  # the first 100 failures; `failed` counts them all
         self.sent = self.failed = 0
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -223,6 +228,8 @@ class BackgroundLoad:
                     raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
                 with self._lock:
                     self.sent += 1
+                if self.interval_s:
+                    self._stop.wait(self.interval_s)
             except Exception as err:  # noqa: BLE001  every failed request is the caller's business
                 with self._lock:
                     self.failed += 1

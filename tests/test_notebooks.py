@@ -26,7 +26,7 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
                                 "WORKDIR = {workdir!r}\nMODEL = {tiny!r}",
          "08_iterate.ipynb": "TRAIN_EXAMPLES = 0\nEPOCHS = 1\nMODEL = {tiny!r}\nBASE_RUN = {tiny_run!r}\n"
                              "SERVED_MR, SERVED_SHIFTED = 60, 180\nBUDGET = 40\nREPLAY = 200\nLEARNING_RATE = 1e-3\n"
-                             "MAX_DROP, MIN_GAIN = 0.3, -1.0\nWORKDIR = {workdir!r}"}
+                             "MAX_DROP, MIN_GAIN = 0.3, -1.0\nGOLDEN = 300\nLIVE_REQUESTS = 80\nCLIENTS, CLIENT_PAUSE_S = 2, 0.05\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],

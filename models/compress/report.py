@@ -88,13 +88,14 @@ def count_params(model) -> int | None:
 def save_token_model(model, path: Path, max_length: int) -> Path:
     """A token-id SavedModel (serving_default: input_ids, attention_mask (batch, max_length) int32 → logits)."""
     from moatkit.models.compress.ptq import token_id_signature
+    from moatkit.models.export import save_signatures
 
     if path.exists():
         shutil.rmtree(path)
     module = tf.Module()
     # Track the weights, not the model: a compiled model would also save its optimizer slots (2x the weights)
     module.weights = list(model.weights)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": token_id_signature(model, max_length)})
+    save_signatures(module, path, {"serving_default": token_id_signature(model, max_length)})
     return path
 
 
@@ -292,7 +293,7 @@ def export_variant(variant: Variant, context: CompressContext) -> dict:
     version holds the float32 baseline SavedModel (the server needs one to find the version) and its raw-string
     model.tflite, which `moat serve --prefer_tflite_model` serves instead."""
     from moatkit.models.export import (CLASSIFY_METHOD, TFLITE_FILE, ExportConfig, TextModelModule, export_text_model,
-                                       set_method_names, write_version, write_warmup)
+                                       save_signatures, set_method_names, write_version, write_warmup)
 
     name = f"{context.config.name}-{variant.name}"
     if variant.hf_dir is not None and variant.tflite_path is None:
@@ -314,7 +315,7 @@ def export_variant(variant: Variant, context: CompressContext) -> dict:
     signatures = module.signatures()
 
     def write(staging: Path) -> None:
-        tf.saved_model.save(module, str(staging), signatures=signatures)
+        save_signatures(module, staging, signatures)
         set_method_names(staging, {"classify": CLASSIFY_METHOD})
         write_warmup(staging, name)
         if serving is not None:

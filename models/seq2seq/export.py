@@ -71,12 +71,12 @@ def build_translator(config: Seq2SeqExportConfig) -> Translator:
 
 def export_translator(config: Seq2SeqExportConfig) -> dict:
     """Writes `<repo>/<name>/<version>/` atomically (temp dir, then rename) with warm-up requests."""
-    from moatkit.models.export import write_version, write_warmup
+    from moatkit.models.export import save_signatures, write_version, write_warmup
 
     translator = build_translator(config)
 
     def write(staging: Path) -> None:
-        tf.saved_model.save(translator, str(staging), signatures={"serving_default": translator.translate})
+        save_signatures(translator, staging, {"serving_default": translator.translate})
         write_warmup(staging, config.name, texts=WARMUP_SENTENCES)
 
     final, version, size = write_version(Path(config.repo) / config.name, config.version, write)

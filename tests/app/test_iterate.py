@@ -120,7 +120,7 @@ def test_loop_trains_gates_canaries_survives_a_kill_and_promotes(world):
     answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = _config(world, run_dir, annotations=str(answers))
     texts = [r["text"] for r in world["served"]]
-    with BackgroundLoad(world["server"].rest_address, "sentiment", texts, clients=4) as load:
+    with BackgroundLoad(world["server"].rest_address, "sentiment", texts, clients=4, interval_s=0.05) as load:
         process = subprocess.Popen(_cli(config), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         deadline = time.monotonic() + 400
@@ -167,7 +167,7 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
             (constant / name).write_bytes((tiny_run / "model" / name).read_bytes())
     config = _config(world, tmp_path / "bad", candidate=str(constant), skip_offline_gate=True)
     with BackgroundLoad(world["server"].rest_address, "sentiment", [r["text"] for r in world["served"]],
-                        clients=4) as load:
+                        clients=4, interval_s=0.05) as load:
         result = run_iterate(config, log=lambda *_: None)
     assert load.failures == []
     assert result["status"] == "rolled back" and result["candidate"] == 3
