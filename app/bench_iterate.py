@@ -39,6 +39,7 @@ class IterateBench:
     served_shifted: int = 2000
     budget: int = 300
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (to add seeds to an earlier run)
     clients: int = 16
     shuffled: bool = True  # candidates on shuffled labels: only the annotations, and all training labels
     deploy: bool = True  # deploy the loop's first candidate for real (canary, live gate, promotion)
@@ -192,7 +193,7 @@ def run_domain(bench: IterateBench, domain: str, work: Path, *, log=print) -> di
     rows = []
     with ServerProcess(model_config_file=world["config"]) as server:
         _replay(server.rest_address, "sentiment", [r["text"] for r in world["served"]], 8)
-        for seed in range(bench.seeds):
+        for seed in range(bench.first_seed, bench.first_seed + bench.seeds):
             for strategy in ("loop", "random"):
                 rows.append(_candidate(bench, world, work, domain, server, strategy=strategy, seed=seed, log=log))
         if bench.shuffled:

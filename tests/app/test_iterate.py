@@ -191,6 +191,36 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
     assert not blessing["blessed"] and not (world["work"] / "models" / "sentiment" / "4").exists()
 
 
+def test_kill_during_training_resumes_after_the_finished_epoch(world, tmp_path):
+    """kill -9 in the longest step, the candidate's training: the same command goes on after the last finished
+    epoch (not from scratch, the selection kept) and ends as an uninterrupted run would: blessed, nothing published."""
+    run_dir = tmp_path / "killed"
+    config = _config(world, run_dir, version=2, deploy=False, epochs=3)
+    assert run_iterate(config, log=lambda *_: None)["status"] == "waiting for annotations"
+    batch_file = run_dir / "select" / "batch.jsonl"
+    selected = batch_file.read_text()
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": b["id"], "label": world["truth"].get(text_key(b["text"]), "positive")})
+                               + "\n" for b in map(json.loads, selected.splitlines())))
+    config = IterateConfig(**{**vars(config), "annotations": str(answers)})
+    process = subprocess.Popen(_cli(config), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = run_dir / "train" / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:  # kill -9 once the first epoch is saved
+        if checkpoint.is_file():
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stdout.read()[-3000:]
+    result = run_iterate(config, log=lambda *_: None)
+    assert result["status"] == "blessed, not deployed (deploy: false)" and result["candidate"] is None
+    report = json.loads((run_dir / "train" / "report.json").read_text())
+    assert report["resumed_after_epoch"] >= 1 and [h["epoch"] for h in report["dev_history"]] == [1, 2, 3]
+    assert batch_file.read_text() == selected
+    assert not (world["work"] / "models" / "sentiment" / "4").exists()
+
+
 def test_bad_input_is_one_clear_line(world, tmp_path):
     with pytest.raises(MoatError, match="no request logs match"):
         run_iterate(_config(world, tmp_path / "a", logs=[str(tmp_path / "nothing")]), log=lambda *_: None)
