@@ -90,7 +90,16 @@ def _world(bench: IterateBench, domain: str, work: Path, log) -> dict:
     log(f"      {domain}: serving {len(served)} texts ({bench.served_mr} MR, {bench.served_shifted} {domain}); "
         f"golden {', '.join(f'{k} {len(read_records(v))}' for k, v in golden.items())}")
     return {"repo": repo, "config": config, "served": served, "golden": golden, "train_data": train_data,
+            "base_model": bench.base_model or source.get("model_dir"),
             "truth": {text_key(r["text"]): r["label"] for r in served}}
+
+
+def _gate_columns(gate: dict) -> dict:
+    """The offline gate's result as bench columns: accuracy per slice of both models, the failed checks."""
+    return {"blessed": gate["blessed"],
+            "current": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["current"].items()},
+            "candidate": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["candidate"].items()},
+            "failed_checks": [c["check"] + ":" + c["slice"] for c in gate["checks"] if not c["passed"]]}
 
 
 def _candidate(bench, world, work, domain, server, *, strategy: str, seed: int, log, shuffle=False) -> dict:
@@ -113,11 +122,8 @@ def _candidate(bench, world, work, domain, server, *, strategy: str, seed: int, 
     shifted_keys = {text_key(r["text"]) for r in world["served"][bench.served_mr:]}
     row = {"strategy": strategy + (" (shuffled labels)" if shuffle else ""), "seed": seed,
            "selected_shifted_share": sum(text_key(b["text"]) in shifted_keys for b in batch) / len(batch),
-           "blessed": gate["blessed"], "seconds": round(time.time() - started, 1),
-           "current": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["current"].items()},
-           "candidate": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["candidate"].items()},
-           "failed_checks": [c["check"] + ":" + c["slice"] for c in gate["checks"] if not c["passed"]],
-           "config": config, "run_dir": str(run_dir)}
+           "seconds": round(time.time() - started, 1), **_gate_columns(gate), "config": config,
+           "run_dir": str(run_dir)}
     log(f"      {domain} {row['strategy']} seed {seed}: {row['candidate']} (was {row['current']}), "
         f"{'blessed' if row['blessed'] else 'refused'} in {row['seconds']}s")
     return row
@@ -126,7 +132,6 @@ def _candidate(bench, world, work, domain, server, *, strategy: str, seed: int, 
 def _all_shuffled(bench, world, work, domain, server, *, log) -> dict:
     """A candidate fine-tuned like the loop's on `replay` old examples whose labels are all permuted: the bad
     candidate the offline gate must refuse (deployed through `candidate`, so it skips select and train)."""
-    from moatkit.app.iterate.train import source_of
     from moatkit.data.dataset import read_records
     from moatkit.models.finetune import FinetuneConfig, finetune
 
@@ -139,8 +144,7 @@ def _all_shuffled(bench, world, work, domain, server, *, log) -> dict:
     dev = read_records(Path(world["train_data"]) / "dev")[:600]
     for name in ("dev", "test"):
         _write(data / name, dev, f"mr-{name}")
-    base_model = bench.base_model or source_of(world["repo"] / "sentiment" / "1").get("model_dir")
-    report = finetune(FinetuneConfig(task="classification", model=base_model, data=str(data), target="label",
+    report = finetune(FinetuneConfig(task="classification", model=world["base_model"], data=str(data), target="label",
                                      run_dir=str(work / "shuffled-all-train"), epochs=2, learning_rate=3e-5,
                                      max_length=64, seed=0), verbose=0)
     run_dir = work / "shuffled-all"
@@ -150,32 +154,32 @@ def _all_shuffled(bench, world, work, domain, server, *, log) -> dict:
                            model_config_file=str(world["config"]), deploy=False)
     run_iterate(config, log=lambda *_: None)
     gate = json.loads((run_dir / "state.json").read_text())["steps"]["gate"]
-    row = {"strategy": "all training labels shuffled", "seed": 0, "blessed": gate["blessed"],
-           "current": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["current"].items()},
-           "candidate": {k: round(v["accuracy"], 4) for k, v in gate["slices"]["candidate"].items()},
-           "failed_checks": [c["check"] + ":" + c["slice"] for c in gate["checks"] if not c["passed"]],
-           "run_dir": str(run_dir)}
+    row = {"strategy": "all training labels shuffled", "seed": 0, **_gate_columns(gate), "run_dir": str(run_dir)}
     log(f"      {domain} all labels shuffled: {row['candidate']}, {'blessed' if row['blessed'] else 'refused'}")
     return row
 
 
-def _constant_class(bench, world, work, domain, server, *, log) -> dict:
-    """The served checkpoint with its classifier zeroed and biased to one class, forced past the offline gate
-    (skip_offline_gate) under `clients` concurrent clients: the live gate must roll it back with no failed request."""
+def constant_class_model(model_dir: str | Path, out: Path, *, class_id: int = 0) -> Path:
+    """An HF classifier dir that answers `class_id` for every text, confidently (classifier kernel zeroed, bias
+    ±4): a valid model that loads and serves, the misbehaving candidate the live gate must roll back."""
     from transformers import TFBertForSequenceClassification
 
-    from moatkit.app.iterate.train import source_of
-
-    base_model = Path(bench.base_model or source_of(world["repo"] / "sentiment" / "1")["model_dir"])
-    model = TFBertForSequenceClassification.from_pretrained(base_model)
+    model_dir = Path(model_dir)
+    model = TFBertForSequenceClassification.from_pretrained(model_dir)
     kernel, bias = model.classifier.weights
     kernel.assign(np.zeros(kernel.shape, np.float32))
-    bias.assign(np.array([4.0, -4.0], np.float32))
-    constant = work / "constant-model"
-    model.save_pretrained(constant)
-    for path in base_model.iterdir():
-        if path.suffix in (".json", ".txt") and not (constant / path.name).exists():
-            shutil.copy(path, constant / path.name)
+    bias.assign(np.where(np.arange(bias.shape[0]) == class_id, 4.0, -4.0).astype(np.float32))
+    model.save_pretrained(out)
+    for path in model_dir.iterdir():  # tokenizer files and moat_task.json
+        if path.suffix in (".json", ".txt") and not (out / path.name).exists():
+            shutil.copy(path, out / path.name)
+    return out
+
+
+def _constant_class(bench, world, work, domain, server, *, log) -> dict:
+    """The served checkpoint answering one class (constant_class_model), forced past the offline gate
+    (skip_offline_gate) under `clients` concurrent clients: the live gate must roll it back with no failed request."""
+    constant = constant_class_model(world["base_model"], work / "constant-model")
     config = IterateConfig(run_dir=str(work / "constant"), repo=str(world["repo"]), logs=[str(work / "logs")],
                            candidate=str(constant), skip_offline_gate=True, golden=world["golden"],
                            grpc=server.grpc_address, rest=server.rest_address, model_config_file=str(world["config"]))

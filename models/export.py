@@ -13,6 +13,7 @@ With `tflite: true`, `model.tflite` holds `serving_default` too (raw strings in;
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -29,6 +30,7 @@ from moatkit.data.text_tokenizer import InGraphBertTokenizer
 # (moatkit.serving.model_manager.TFLITE_FILE) because serving imports nothing from models; a test keeps them equal.
 TFLITE_FILE = "model.tflite"
 SOURCE_FILE = "assets.extra/moat_source.json"
+REJECTED_DIR = "rejected"  # <base>/rejected/<version>: versions `moat iterate` rolled back, numbers never reused
 WARMUP_TEXTS = ("a wonderful, moving film", "dull and far too long", "What is the capital of France ?")
 
 
@@ -118,8 +120,6 @@ def save_signatures(module: tf.Module, path: str | Path, signatures: dict) -> No
     SavedModel, which nothing here does (servers and our loaders use only the signatures), and tracing every layer
     cost a third of the save (tiny BERT: 7.8 → 5.0 s, load 0.94 → 0.38 s). tf_keras has no public switch for this
     inside tf.saved_model.save, hence its option scope."""
-    import contextlib
-
     try:
         from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
         without_traces = keras_option_scope(save_traces=False)
@@ -157,9 +157,9 @@ def load_text_model(model_dir: str | Path):
 
 
 def next_version(base: Path) -> int:
-    """One more than any version written under base, counting those `moat iterate` rolled back into rejected/
+    """One more than any version written under base, counting those `moat iterate` rolled back into REJECTED_DIR
     (app/iterate/rollout.py): a version number is never reused."""
-    versions = [int(p.name) for folder in (base, base / "rejected") if folder.is_dir()
+    versions = [int(p.name) for folder in (base, base / REJECTED_DIR) if folder.is_dir()
                 for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 

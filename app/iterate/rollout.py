@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from moatkit.data.core.errors import ConfigError, ModelError
+from moatkit.models.export import REJECTED_DIR
 from moatkit.serving.routing import ROUTING_FILE
 
 STABLE, CANARY = "stable", "canary"
@@ -34,13 +35,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def next_free_version(base: Path) -> int:
-    """One more than any version ever written under base, rejected ones included (models/export.py's rule)."""
-    from moatkit.models.export import next_version
-
-    return next_version(base)
-
-
 CANDIDATE_MARK = "assets.extra/moat_candidate.json"  # which loop's candidate a version dir is
 
 
@@ -50,7 +44,7 @@ def publish_version(candidate_dir: Path, base: Path, version: int) -> Path:
     written twice."""
     final = base / str(version)
     mark = (candidate_dir / CANDIDATE_MARK).read_text()
-    if final.exists() or (base / "rejected" / str(version)).exists():
+    if final.exists() or (base / REJECTED_DIR / str(version)).exists():
         if (final / CANDIDATE_MARK).is_file() and (final / CANDIDATE_MARK).read_text() == mark:
             return final
         raise ModelError(f"version {version} already exists under '{base}' and is not this loop's candidate",
@@ -183,7 +177,7 @@ class Server:
     def rollback(self, current: int, candidate: int) -> None:
         self.apply("roll back", [current, candidate], {STABLE: current, CANARY: current})
         self.apply("unload candidate", [current], {STABLE: current, CANARY: current})
-        rejected = self.base_path / "rejected"
+        rejected = self.base_path / REJECTED_DIR
         rejected.mkdir(exist_ok=True)
         source = self.base_path / str(candidate)
         if source.is_dir():

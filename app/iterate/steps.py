@@ -33,9 +33,9 @@ def deploy_and_decide(config, state, run_dir: Path, *, base: Path, current: int,
     if state.done("publish") is None:
         server.check_stable(current)
         server.pin(current)  # before the dir appears: no `latest` poll may load it ahead of the canary
-        from moatkit.app.iterate.rollout import next_free_version
+        from moatkit.models.export import next_version
 
-        state.finish("publish", {"version": next_free_version(base), "transitions": server.transitions})
+        state.finish("publish", {"version": next_version(base), "transitions": server.transitions})
     version = state.done("publish")["version"]
     if state.done("canary") is None:
         from moatkit.app.iterate.rollout import publish_version

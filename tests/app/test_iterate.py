@@ -99,6 +99,13 @@ def _cli(config: IterateConfig) -> list[str]:
     return flags
 
 
+def _true_answers(world, batch_file: Path) -> list[dict]:
+    """The annotators' answers to a selected batch: the catalog label of each text (texts the tests sent
+    themselves, like the version probes, get "positive")."""
+    batch = [json.loads(line) for line in batch_file.read_text().splitlines() if line]
+    return [{"id": b["id"], "label": world["truth"].get(text_key(b["text"]), "positive")} for b in batch]
+
+
 def test_select_prefers_the_shifted_domain_and_stops_for_annotations(world, tmp_path_factory):
     run_dir = world["work"] / "run"
     result = run_iterate(_config(world, run_dir), log=lambda *_: None)
@@ -113,9 +120,8 @@ def test_select_prefers_the_shifted_domain_and_stops_for_annotations(world, tmp_
 
 def test_loop_trains_gates_canaries_survives_a_kill_and_promotes(world):
     run_dir = world["work"] / "run"
-    batch = [json.loads(line) for line in (run_dir / "select" / "batch.jsonl").read_text().splitlines()]
     answers = run_dir / "answers.jsonl"
-    rows = [{"id": b["id"], "label": world["truth"][text_key(b["text"])]} for b in batch]
+    rows = _true_answers(world, run_dir / "select" / "batch.jsonl")
     rows += [rows[0], {"id": rows[1]["id"], "label": "positive" if rows[1]["label"] == "negative" else "negative"}]
     answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = _config(world, run_dir, annotations=str(answers))
@@ -154,17 +160,9 @@ def test_loop_trains_gates_canaries_survives_a_kill_and_promotes(world):
 
 
 def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, tiny_bert_dir, tiny_run, tmp_path):
-    from transformers import TFBertForSequenceClassification
+    from moatkit.app.bench_iterate import constant_class_model
 
-    constant = tmp_path / "constant"
-    model = TFBertForSequenceClassification.from_pretrained(tiny_run / "model")
-    kernel, bias = model.classifier.weights
-    kernel.assign(np.zeros(kernel.shape, np.float32))
-    bias.assign(np.array([4.0, -4.0], np.float32))  # always "negative", confidently
-    model.save_pretrained(constant)
-    for name in ("moat_task.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_run / "model" / name).is_file():
-            (constant / name).write_bytes((tiny_run / "model" / name).read_bytes())
+    constant = constant_class_model(tiny_run / "model", tmp_path / "constant")  # always "negative", confidently
     config = _config(world, tmp_path / "bad", candidate=str(constant), skip_offline_gate=True)
     with BackgroundLoad(world["server"].rest_address, "sentiment", [r["text"] for r in world["served"]],
                         clients=4, interval_s=0.05) as load:
@@ -200,8 +198,7 @@ def test_kill_during_training_resumes_after_the_finished_epoch(world, tmp_path):
     batch_file = run_dir / "select" / "batch.jsonl"
     selected = batch_file.read_text()
     answers = tmp_path / "answers.jsonl"
-    answers.write_text("".join(json.dumps({"id": b["id"], "label": world["truth"].get(text_key(b["text"]), "positive")})
-                               + "\n" for b in map(json.loads, selected.splitlines())))
+    answers.write_text("".join(json.dumps(r) + "\n" for r in _true_answers(world, batch_file)))
     config = IterateConfig(**{**vars(config), "annotations": str(answers)})
     process = subprocess.Popen(_cli(config), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = run_dir / "train" / "checkpoints" / "state.json"
