@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: demo test test-all bench-iterate bench bench-monitor-reference conformance install clean beam-venv prometheus
+.PHONY: demo test test-all bench-iterate bench bench-monitor-reference conformance install clean beam-venv prometheus \
+	browser
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,13 +44,29 @@ $(APT_STAMP):
 
 prometheus: $(APT_STAMP)
 
+# Chromium + chromedriver (Debian packages `chromium`, `chromium-driver`) for tests/integration/test_support_browser.py,
+# which drives the support chat page headless. Installed like Prometheus above: as root once, elsewhere a note and
+# the browser test skips; the stamp is only written once both binaries exist.
+BROWSER_STAMP := $(VENV)/.browser-installed
+$(BROWSER_STAMP):
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver; \
+	else echo "note: chromium/chromedriver not installed and not root: run 'sudo make browser'" \
+	  "(the support chat browser test skips until then)"; fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  mkdir -p $(VENV) && touch $(BROWSER_STAMP); fi
+
+browser: $(BROWSER_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/moat demo
 
-test: $(STAMP) $(BEAM_STAMP) $(APT_STAMP)
+test: $(STAMP) $(BEAM_STAMP) $(APT_STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q --durations=30 tests
 
-test-all: $(STAMP) $(BEAM_STAMP) $(APT_STAMP)
+test-all: $(STAMP) $(BEAM_STAMP) $(APT_STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests
 
 # TensorFlow Serving's own end-to-end test file (tests/third_party/tensorflow_serving) against moat-model-server.

@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={f"moatkit.{layer}": layer for layer in LAYERS},
-    package_data={"moatkit.app": ["configs/*.yaml"]},
+    package_data={"moatkit.app": ["configs/*.yaml", "support/static/*"]},  # the support chat page
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
@@ -31,6 +31,9 @@ setup(
         "grpcio>=1.60",
         "grpcio-health-checking>=1.60",
         "prometheus-client>=0.20",  # `moat monitor follow` gauges (serving/monitoring/follow.py)
+        "bm25s>=0.2",  # the lexical half of the support assistant's hybrid answer index (app/support/index.py)
+        # its search from 100k keys; wheels for Linux x86-64 only (elsewhere an index that big says what is missing)
+        "scann==1.4.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "py3langid>=0.3,<1",  # language share of logged texts (serving/monitoring/text_stats.py)
         "google-crc32c>=1.5",  # TFRecord checksums of the request logs, read at byte offsets (serving/monitoring/logs.py)
         "pyyaml>=6",
@@ -51,7 +54,8 @@ setup(
                  "beautifulsoup4>=4.12", "pyarrow>=14", "numpy>=1.26",
                  "tensorboard>=2.21,<2.22"],  # the data card's TensorBoard text summary (no TensorFlow needed)
         "hf": ["datasets>=2.19"],  # `moat data prepare --source hf:NAME` (needs the Hugging Face hub)
-        "test": ["pytest>=8", "portpicker>=1.6", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "portpicker>=1.6", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                 "selenium>=4.20"],  # drives headless Chromium in tests/integration/test_support_browser.py
     },
     entry_points={"console_scripts": ["moat=moatkit.app.cli:main", "moat-model-server=moatkit.serving.server:main"]},
 )

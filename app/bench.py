@@ -12,6 +12,8 @@
   utilisation against a matmul peak measured in the same run (models/bert_bench.py).
 - compress: the MR compression report of runs/sentiment/model (models/compress/report.py).
 - monitor: the drift scenario (MR → amazon / nyt) through the served model's request logs (app/bench_monitor.py).
+- support: the Python-FAQ assistant's quality, chat-turn latency at 1 and 16 sessions, ScaNN vs brute force
+  (app/bench_support.py).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from moatkit.data.core.errors import ConfigError
 from moatkit.models.finetune import resolve_model_dir
 
 
-BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor")
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor", "support")
 
 
 @dataclasses.dataclass
@@ -272,40 +274,8 @@ def bench_finetune(config: BenchConfig, work_dir: Path) -> dict:
             "ratio_ours_over_naive": round(ours_rate / naive_rate, 3)}
 
 
-def run_bench(config: BenchConfig, *, log=print) -> dict:
-    import tempfile
-
-    results = {"tokenize": bench_tokenize(config) if "tokenize" in config.benchmarks else None,
-               "serve": bench_serve(config) if "serve" in config.benchmarks else None,
-               "finetune": None, "data": None, "transformer": None}
-    if "finetune" in config.benchmarks:
-        with tempfile.TemporaryDirectory(prefix="moat-bench-") as tmp:
-            results["finetune"] = bench_finetune(config, Path(tmp))
-    if "data" in config.benchmarks:
-        from moatkit.data.bench import bench_clean_dedup
-        results["data"] = bench_clean_dedup(max_records=config.data_max_records)
-    if "transformer" in config.benchmarks:
-        from moatkit.models.seq2seq.bench import bench_transformer
-        results["transformer"] = bench_transformer()
-    results["pretrain"] = None  # BERT pretraining step: ours vs HF TFBertForPreTraining, MFU (models/bert_bench.py)
-    if "pretrain" in config.benchmarks:
-        from moatkit.models.bert_bench import run_pretrain_bench
-        results["pretrain"] = run_pretrain_bench()
-    results["compress"] = None  # the MR compression report of runs/sentiment/model (models/compress/report.py)
-    if "compress" in config.benchmarks:
-        from moatkit.app.compress_report import bench_compress
-        results["compress"] = bench_compress(out_dir=str(Path(config.out_dir) / "compress"), log=log)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results["monitor"] = None  # drift scenario through the served model's logs (app/bench_monitor.py)
-    if "monitor" in config.benchmarks:
-        from moatkit.app.bench_monitor import MonitorBench, run_monitor_bench
-        results["monitor"] = run_monitor_bench(MonitorBench(model_base_path=config.model_base_path,
-                                                            model_name=config.model_name), out, log=log)
-    # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
-    previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
-    stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}
-    (out / "bench.json").write_text(json.dumps(stored, indent=2))
+def _bench_rows(stored: dict) -> list[str]:
+    """bench.md's rows up to the serving ones, from the stored results (this run's and the kept ones)."""
     lines = ["| benchmark | ours | reference | ratio (>1 = ours faster) |", "|---|---|---|---|"]
     if t := stored["tokenize"]:
         lines.append(f"| tokenize, batch {t['batch_size']} (sentences/s) | in-graph tf.text: "
@@ -336,6 +306,51 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
                      f"{p['ratio_tokens_per_second_ours_vs_hf']} |")
     if c := stored.get("compress"):
         lines += c["bench_rows"]
+    if u := stored.get("support"):
+        from moatkit.app.bench_support import support_rows
+        lines += support_rows(u)
+    return lines
+
+
+def run_bench(config: BenchConfig, *, log=print) -> dict:
+    import tempfile
+
+    results = {"tokenize": bench_tokenize(config) if "tokenize" in config.benchmarks else None,
+               "serve": bench_serve(config) if "serve" in config.benchmarks else None,
+               "finetune": None, "data": None, "transformer": None}
+    if "finetune" in config.benchmarks:
+        with tempfile.TemporaryDirectory(prefix="moat-bench-") as tmp:
+            results["finetune"] = bench_finetune(config, Path(tmp))
+    if "data" in config.benchmarks:
+        from moatkit.data.bench import bench_clean_dedup
+        results["data"] = bench_clean_dedup(max_records=config.data_max_records)
+    if "transformer" in config.benchmarks:
+        from moatkit.models.seq2seq.bench import bench_transformer
+        results["transformer"] = bench_transformer()
+    results["pretrain"] = None  # BERT pretraining step: ours vs HF TFBertForPreTraining, MFU (models/bert_bench.py)
+    if "pretrain" in config.benchmarks:
+        from moatkit.models.bert_bench import run_pretrain_bench
+        results["pretrain"] = run_pretrain_bench()
+    results["compress"] = None  # the MR compression report of runs/sentiment/model (models/compress/report.py)
+    if "compress" in config.benchmarks:
+        from moatkit.app.compress_report import bench_compress
+        results["compress"] = bench_compress(out_dir=str(Path(config.out_dir) / "compress"), log=log)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results["monitor"] = None  # drift scenario through the served model's logs (app/bench_monitor.py)
+    if "monitor" in config.benchmarks:
+        from moatkit.app.bench_monitor import MonitorBench, run_monitor_bench
+        results["monitor"] = run_monitor_bench(MonitorBench(model_base_path=config.model_base_path,
+                                                            model_name=config.model_name), out, log=log)
+    results["support"] = None
+    if "support" in config.benchmarks:
+        from moatkit.app.bench_support import SupportBench, run_support_bench
+        results["support"] = run_support_bench(SupportBench(out=str(out / "support")), log=log)
+    # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
+    previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
+    stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}
+    (out / "bench.json").write_text(json.dumps(stored, indent=2))
+    lines = _bench_rows(stored)
     if (s := stored["serve"]) and "in_process" in s:  # older runs stored another shape
         lines += _serve_rows(s)
     if results["serve"]:

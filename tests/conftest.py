@@ -102,6 +102,22 @@ def tiny_run(tmp_path_factory, tiny_bert_dir, mr_dir):
     return run
 
 
+@pytest.fixture(scope="session")
+def support_build(tmp_path_factory, minilm_dir):
+    """`moat support build` on the Python FAQ on a budget: encoder max_length 128, the router 2 epochs at 48 tokens,
+    100 + 200 out-of-scope texts per source. Read-only: {"out", "repo", "report"}; serve it, never write into it."""
+    from moatkit.app.support.build import build_support
+    from moatkit.app.support.config import RouterConfig, SupportConfig
+
+    root = tmp_path_factory.mktemp("support")
+    config = SupportConfig(out=str(root / "out"), repo=str(root / "models"), encoder_max_length=128,
+                           router=RouterConfig(epochs=2, max_length=48, learning_rate=2e-4),
+                           out_of_scope_dev=100, out_of_scope_test=200)
+    lines = []
+    report = build_support(config, log=lines.append)
+    return {"out": Path(config.out), "repo": Path(config.repo), "report": report, "config": config, "lines": lines}
+
+
 # TensorFlow Serving's own test file (tests/third_party/) runs in a process of its own with its own environment
 # (tests/conformance/test_tf_serving_suite.py), never as part of this collection.
 collect_ignore = ["third_party"]

@@ -26,7 +26,9 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOC
                                 "WORKDIR = {workdir!r}\nMODEL = {tiny!r}",
          "08_iterate.ipynb": "TRAIN_EXAMPLES = 0\nEPOCHS = 1\nMODEL = {tiny!r}\nBASE_RUN = {tiny_run!r}\n"
                              "SERVED_MR, SERVED_SHIFTED = 60, 180\nBUDGET = 40\nREPLAY = 200\nLEARNING_RATE = 1e-3\n"
-                             "MAX_DROP, MIN_GAIN = 0.3, -1.0\nGOLDEN = 300\nLIVE_REQUESTS = 80\nCLIENTS, CLIENT_PAUSE_S = 2, 0.05\nWORKDIR = {workdir!r}"}
+                             "MAX_DROP, MIN_GAIN = 0.3, -1.0\nGOLDEN = 300\nLIVE_REQUESTS = 80\nCLIENTS, CLIENT_PAUSE_S = 2, 0.05\nWORKDIR = {workdir!r}",
+         "10_support.ipynb": "ENCODER_MAX_LENGTH = 128\nROUTER = False\nROUTER_EPOCHS = 1\nOOS_DEV, OOS_TEST = 50, 100\n"
+                             "REPO = {support_repo!r}\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],
@@ -46,7 +48,9 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "07_monitoring.ipynb": ["'embed'", "profile of 1056 dev texts", "mr: accuracy", "first alarm:",
                                     "most out-of-distribution texts", "moat_monitor_drift_alarm{"],
             "08_iterate.ipynb": ["selected 40:", "waiting for annotations", "'status': 'promoted'", "failed: 0",
-                                 "## Live gate", "server stopped"]}
+                                 "## Live gate", "server stopped"],
+            "10_support.ipynb": ["| bm25 | 0.500 |", "hand off below", "action: answer", "action: handoff",
+                                 "moat_support_turns_total{action=\"answer\"}", "'queued': True", "service stopped"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
@@ -55,10 +59,13 @@ def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch, request)
     baseline = str(request.getfixturevalue("tiny_run") / "model") if "{baseline" in SMALL[name] else None
     tiny = str(request.getfixturevalue("tiny_bert_dir")) if "{tiny!r}" in SMALL[name] else None
     tiny_run = str(request.getfixturevalue("tiny_run")) if "{tiny_run" in SMALL[name] else None
+    # notebook 10 reuses the encoder the session's support build exported (same checkpoint and max_length)
+    support_repo = str(request.getfixturevalue("support_build")["repo"]) if "{support_repo" in SMALL[name] else None
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(parameters) == 1, "each notebook needs exactly one cell tagged 'parameters'"
-    parameters[0].source = SMALL[name].format(workdir=str(tmp_path), baseline=baseline, tiny=tiny, tiny_run=tiny_run)
+    parameters[0].source = SMALL[name].format(workdir=str(tmp_path), baseline=baseline, tiny=tiny, tiny_run=tiny_run,
+                                                support_repo=support_repo)
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, which imports the installed moatkit
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()

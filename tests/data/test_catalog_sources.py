@@ -73,3 +73,24 @@ def test_prose_entries_from_apt_and_npm(name, carrier, records):
         assert first["meta"]["genre"] == "press: reportage" and "/" not in first["text"].split()[0]
     report = json.loads((out / "report.json").read_text())
     assert report["kept"] + report["dropped"] == records
+
+
+def test_python_faq_entry_parses_every_question_with_its_answer_and_department(tmp_path):
+    from collections import Counter
+
+    from moatkit.data.faq_sources import FAQ_DEPARTMENTS, parse_faq_file, rst_to_text
+
+    out = fetch("python-faq")
+    records = read_records(out)
+    assert len(records) == 179 and read_manifest(out)["license"].startswith("PSF-2.0")
+    assert Counter(r["label"] for r in records) == {"programming": 67, "design": 28, "library": 28, "general": 23,
+                                                     "extending": 17, "windows": 9, "gui": 4, "installed": 3}
+    assert set(FAQ_DEPARTMENTS) == {r["label"] for r in records}
+    executable = next(r for r in records if r["text"] == "How do I make a Python script executable on Unix?")
+    assert executable["label"] == "library" and "#!" in executable["text_pair"]
+    assert all(r["text_pair"].strip() and ":func:" not in r["text_pair"] for r in records)
+    # a heading without prose under it is dropped with its reason; roles become their text
+    (tmp_path / "x.rst.txt").write_text("Title\n=====\n\nEmpty?\n------\n\nFull?\n-----\n\nUse :func:`len` here.\n")
+    kept, dropped = parse_faq_file(tmp_path / "x.rst.txt", "general")
+    assert [r["text"] for r in kept] == ["Full?"] and kept[0]["text_pair"] == "Use len here."
+    assert [d["reason"] for d in dropped] and rst_to_text("``x = 1``") == "x = 1"
