@@ -11,12 +11,12 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 800\nEVAL_EXAMPLES = 200\nEPOCHS = 1\nWORKDIR = {workdir!r}",
+SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 400\nEVAL_EXAMPLES = 200\nEPOCHS = 1\nWORKDIR = {workdir!r}",
          "01_data.ipynb": "LIMIT = 600\nWORKDIR = {workdir!r}",
          "01_labeling.ipynb": "GOLD_BUDGET = 200\nMR_SAMPLE = 600\nSELECT = 20\nWORKDIR = {workdir!r}",
          "01_tokenizer.ipynb": "VOCAB_SIZE = 3000\nMAX_DOCUMENTS = 60\nPARITY_TEXTS = 1000\nWORKDIR = {workdir!r}",
          "02_transformer.ipynb": "TRAIN_PAIRS = 600\nSTEPS = 12\nTEST_PAIRS = 8\nWORKDIR = {workdir!r}",
-         "03_pretrain.ipynb": "MAX_DOCUMENTS = 300\nVOCAB_SIZE = 600\nSTEPS = 30\nTRANSFER_EXAMPLES = 32\nWORKDIR = {workdir!r}",
+         "03_pretrain.ipynb": "MAX_DOCUMENTS = 300\nVOCAB_SIZE = 600\nSTEPS = 15\nTRANSFER_EXAMPLES = 32\nWORKDIR = {workdir!r}",
          "04_finetune.ipynb": "TRAIN_EXAMPLES = 32\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nWORKDIR = {workdir!r}\nMODEL = {tiny!r}",
          "05_serving.ipynb": "TRAIN_EXAMPLES = 32\nEVAL_EXAMPLES = 32\nEPOCHS = 1\nTFLITE = False\nWORKDIR = {workdir!r}\n"
                              "MODEL = {tiny!r}",

@@ -189,6 +189,7 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
     assert not blessing["blessed"] and not (world["work"] / "models" / "sentiment" / "4").exists()
 
 
+@pytest.mark.slow  # ≈ 32 s; the loop's own kill + resume stays in the default suite (test_loop_trains_gates_…)
 def test_kill_during_training_resumes_after_the_finished_epoch(world, tmp_path):
     """kill -9 in the longest step, the candidate's training: the same command goes on after the last finished
     epoch (not from scratch, the selection kept) and ends as an uninterrupted run would: blessed, nothing published."""

@@ -1,9 +1,6 @@
 """`moat support build` on the real Python FAQ (the session's budget build, tests/conftest.py `support_build`):
 what it writes, the quality floors it measures, what a rebuild reuses, and one turn in-process."""
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -85,13 +82,14 @@ def test_one_turn_in_process_answers_and_hands_off(support_build):
     assert off_topic["department"] in built["labels"]
 
 
-def test_cli_ask_prints_one_turn_as_json(support_build):
-    result = subprocess.run([sys.executable, "-m", "moatkit.app.cli", "support", "ask", "What is a class?",
-                             "--set", f"out={support_build['out']}"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    reply = json.loads(result.stdout)
+def test_cli_ask_prints_one_turn_as_json(support_build, capsys):
+    from moatkit.app.cli import main
+
+    assert main(["support", "ask", "What is a class?", "--set", f"out={support_build['out']}"]) == 0
+    reply = json.loads(capsys.readouterr().out)
     assert reply["action"] in ("answer", "clarify") and reply["confidence"] > 0.5
+    assert main(["support", "ask", "--set", f"out={support_build['out']}"]) == 2  # no question: one line, status 2
+    assert "needs a question" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [({"kb": []}, "'kb' is empty"),

@@ -150,6 +150,7 @@ def test_gradient_accumulation_matches_one_pass(examples, exact_reference, tmp_p
     assert accumulated["eval"]["mlm_accuracy"] == pytest.approx(exact_reference["eval"]["mlm_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # ≈ 22 s; mirrored-vs-one-device parity stays in the default suite via test_distribution_precision
 def test_mirrored_two_logical_cpus_matches_one_device(examples, exact_reference, tmp_path):
     config = _config(examples, tmp_path / "run", model=dataclasses.replace(TINY, dropout=0.0, attention_dropout=0.0),
                      strategy="mirrored", logical_cpus=2)
@@ -177,6 +178,7 @@ def test_multi_worker_cluster_matches_one_device(examples, exact_reference, tmp_
     _same_trajectory(cluster, exact_reference, 1e-5, "2 workers x 8 vs 16")
 
 
+@pytest.mark.slow  # ≈ 44 s; resume after a kill stays in the default suite via test_finetune_resume
 def test_killed_run_resumes_to_the_uninterrupted_result(examples, tmp_path):
     """SIGKILL after the first checkpoint; the rerun restores model, optimizer, data position and dropout RNG."""
     config = _config(examples, tmp_path / "killed", steps=60, checkpoint_every=5, log_every=5, histogram_every=0)

@@ -26,6 +26,7 @@ def test_functional_rebuild_equals_baseline_logits(tiny_context, baseline):
             "TokenAndPositionEmbedding"} <= kinds
 
 
+@pytest.mark.slow  # ≈ 45 s of QAT training; `make test-all` runs it
 def test_qat_converts_to_int8_tflite_that_agrees_with_float(tiny_context, baseline):
     from moatkit.models.compress import qat
 
