@@ -171,7 +171,9 @@ def test_constant_class_canary_is_rolled_back_and_near_chance_is_refused(world, 
     assert result["status"] == "rolled back" and result["candidate"] == 3
     steps = json.loads((tmp_path / "bad" / "state.json").read_text())["steps"]
     failed = {c["check"] for c in steps["live"]["checks"] if not c["passed"]}
-    assert {"agreement", "class_shift"} <= failed
+    # always one class: its class share moves whatever the traffic; agreement fails too unless the stable version
+    # itself gives that class to min_agreement of the canary's texts (it did in one suite run here)
+    assert "class_shift" in failed
     assert (world["work"] / "models" / "sentiment" / "rejected" / "3" / "saved_model.pb").is_file()
     assert not (world["work"] / "models" / "sentiment" / "3").exists()
     answered = {client_version(world["server"].grpc_address) for _ in range(20)}  # unversioned, after the roll back
