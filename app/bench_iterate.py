@@ -64,7 +64,7 @@ def _answer(batch_file: Path, truth: dict, out: Path, *, shuffle_seed: int | Non
 
 
 def _world(bench: IterateBench, domain: str, work: Path, log) -> dict:
-    from moatkit.app.iterate.train import source_of
+    from moatkit.models.export import source_of
     from moatkit.app.monitor_profile import profile_from_data
 
     version = Path(bench.version_dir)

@@ -32,13 +32,11 @@ class SupportBench:
     batching: bool = True  # the model server's --enable_batching (off: every request is its own forward pass)
 
 
-def _messages(out: Path, count: int, seed: int) -> list[str]:
-    from moatkit.app.support.kb import read_saved_knowledge_base
+CHATTER = ["hi, my order never arrived", "what's the weather in Paris tomorrow?", "thanks, that helped!",
+           "How do I reset my password?", "who won the world cup in 2010?"]
 
-    questions = [e.question for e in read_saved_knowledge_base(out).entries]
-    chatter = ["hi, my order never arrived", "what's the weather in Paris tomorrow?", "thanks, that helped!",
-               "How do I reset my password?", "who won the world cup in 2010?"]
-    pool = questions + chatter
+
+def _messages(pool: list[str], count: int, seed: int) -> list[str]:
     return [pool[i] for i in np.random.default_rng(seed).integers(0, len(pool), count)]
 
 
@@ -67,18 +65,20 @@ def bench_latency(bench: SupportBench, *, log=print) -> dict:
     import tempfile
 
     from moatkit.app.support.config import ServeConfig
+    from moatkit.app.support.kb import read_saved_knowledge_base
     from moatkit.app.support.launch import start_support
 
     out = Path(bench.out)
+    pool = [e.question for e in read_saved_knowledge_base(out).entries] + CHATTER  # the FAQ's questions + chatter
     serve = ServeConfig(port=0, batching=bench.batching, turns_per_second=1e6, burst=10**6, log_dir=tempfile.mkdtemp(prefix="moat-bench-"))
     results = {}
     with start_support(out, serve) as handle:
-        _turns(handle.port, "warmup", _messages(out, bench.warmup_turns, bench.seed), [], [])
+        _turns(handle.port, "warmup", _messages(pool, bench.warmup_turns, bench.seed), [], [])
         for label, sessions, per in (("1_session", 1, bench.turns_one_session),
                                      (f"{bench.sessions}_sessions", bench.sessions, bench.turns_per_session)):
             latencies, errors = [], []
             threads = [threading.Thread(target=_turns, args=(handle.port, f"bench-{label}-{n}",
-                                                             _messages(out, per, bench.seed + n), latencies, errors))
+                                                             _messages(pool, per, bench.seed + n), latencies, errors))
                        for n in range(sessions)]
             started = time.perf_counter()
             for thread in threads:

@@ -141,6 +141,12 @@ def set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
     path.write_bytes(saved.SerializeToString())
 
 
+def source_of(version_dir: str | Path) -> dict:
+    """What export recorded about a version (SOURCE_FILE): its task, labels and fine-tuned model dir; {} if none."""
+    path = Path(version_dir) / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_text_model(model_dir: str | Path):
     """Returns (HF TF model, vocab, task info) for a dir written by `moat finetune`."""
     from transformers import TFAutoModelForSequenceClassification

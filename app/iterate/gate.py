@@ -64,7 +64,7 @@ def megabytes(version_dir: Path) -> float:
 
 def offline_gate(current_dir: Path, candidate_dir: Path, golden: dict[str, str], labels: list[str], config,
                  out: Path) -> dict:
-    from moatkit.app.iterate.train import source_of
+    from moatkit.models.export import source_of
     from moatkit.serving.monitoring.model_runner import VersionModel
 
     named = ({config.target_slice} if config.target_slice else set()) | set(config.min_accuracy)

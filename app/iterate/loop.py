@@ -145,7 +145,7 @@ def _locked(run_dir: Path):
 
 def _run(config: IterateConfig, run_dir: Path, base: Path, log) -> dict:
     from moatkit.app.iterate.steps import _server, deploy_and_decide
-    from moatkit.app.iterate.train import source_of
+    from moatkit.models.export import source_of
 
     state = State(run_dir, config)
     current = (state.done("start") or {}).get("current") or _current_version(config, base)

@@ -71,7 +71,7 @@ def deploy_and_decide(config, state, run_dir: Path, *, base: Path, current: int,
 
 
 def default_golden(current_dir: Path) -> dict:
-    from moatkit.app.iterate.train import source_of
+    from moatkit.models.export import source_of
 
     source = source_of(current_dir)
     split = source.get("origin_split_dir") or source.get("split_dir")

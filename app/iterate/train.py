@@ -18,14 +18,6 @@ from moatkit.data.core.files import staged_dir
 OLD_DEV = 600  # old dev examples kept in the candidate's dev split
 
 
-def source_of(version_dir: Path) -> dict:
-    """What export recorded about a version: its task, labels and the fine-tuned model dir (moat_source.json)."""
-    from moatkit.models.export import SOURCE_FILE
-
-    path = version_dir / SOURCE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def build_training_data(out: Path, *, old_split: Path, new: list[dict], labels: list[str], replay: int,
                         new_repeats: int, heldout_share: float, seed: int) -> dict:
     """Writes out/{train,dev,test} dataset dirs; returns their sizes."""

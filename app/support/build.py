@@ -107,8 +107,9 @@ def train_router(config: SupportConfig, kb, split: dict[str, str], log) -> Path 
                                 batch_size=r.batch_size, max_length=r.max_length, seed=config.seed,
                                 patience=r.epochs, log_every=20), verbose=1)
     exported = run_dir / "exported.json"
-    if exported.is_file() and Path(json.loads(exported.read_text())["version_dir"]).is_dir():
-        return Path(json.loads(exported.read_text())["version_dir"])
+    previous = Path(json.loads(exported.read_text())["version_dir"]) if exported.is_file() else None
+    if previous is not None and previous.is_dir():
+        return previous
     result = export_text_model(ExportConfig(model_dir=str(model_dir), repo=config.repo, name=config.router.name))
     exported.write_text(json.dumps(result, indent=2))
     log(f"router: exported {result['version_dir']}")

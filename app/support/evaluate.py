@@ -81,7 +81,6 @@ def evaluate(config, entries, split, models, *, log=print):
     oos_dev, oos_test, oos_counts = out_of_scope_texts(config, set(questions))
     keys = [t for e in entries for t in (e.answer, e.question, *e.paraphrases)]
     vectors = embed_texts(models, keys + oos_dev + oos_test)
-    probabilities = models.route(questions)
     retrieval, weight = _retrieval(entries, split, vectors, log)
 
     train_ids = {e.id for e in entries if split[e.id] == "train"}
@@ -90,9 +89,9 @@ def evaluate(config, entries, split, models, *, log=print):
     def scored(texts):
         top, scores, _ = index.search(np.stack([vectors[t] for t in texts]), texts, k=10)
         routed = models.route(texts)
-        return top, features(scores, routed.max(axis=1) if routed is not None else None)
+        return top, features(scores, routed.max(axis=1) if routed is not None else None), routed
 
-    top, in_feats = scored(questions)
+    top, in_feats, probabilities = scored(questions)
     routing = _routing(entries, split, top, probabilities, models.labels)
     log(f"routing (test questions): {routing}")
     dev = np.array([split[e.id] == "dev" for e in entries])

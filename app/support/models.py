@@ -5,7 +5,6 @@ Over gRPC the encoder and router calls go out together (futures), so a turn wait
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ from moatkit.data.core.errors import ModelError
 
 
 def router_labels(version_dir: Path) -> list[str]:
-    from moatkit.models.export import SOURCE_FILE
+    from moatkit.models.export import SOURCE_FILE, source_of
 
-    path = Path(version_dir) / SOURCE_FILE
-    labels = json.loads(path.read_text()).get("labels") if path.is_file() else None
+    labels = source_of(version_dir).get("labels")
     if not labels:
         raise ModelError(f"'{version_dir}' has no labels in {SOURCE_FILE}", fix="export the router with `moat export`")
     return list(labels)
