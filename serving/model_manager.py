@@ -131,9 +131,12 @@ class ModelManager:
 
     def __init__(self, configs: list[ModelConfig], *, poll_wait_seconds: float = 1.0,
                  enable_warmup: bool = True, batcher=None, prefer_tflite: bool = False,
-                 check_method_names: bool = False):
+                 check_method_names: bool = False, tflite_interpreters: int = 1, tflite_threads: int | None = None):
         self.batcher = batcher
         self.prefer_tflite = prefer_tflite  # --prefer_tflite_model, see _load
+        # --num_tflite_pools × --num_tflite_interpreters_per_pool interpreters run requests side by side, each on
+        # tflite_threads threads (--tensorflow_intra_op_parallelism; None: TFLite's default)
+        self.tflite_interpreters, self.tflite_threads = max(1, tflite_interpreters), tflite_threads
         self.check_method_names = check_method_names  # --enable_signature_method_name_check
         self._configs = {c.name: c for c in configs}
         self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
@@ -297,7 +300,8 @@ class ModelManager:
             if self.prefer_tflite and os.path.exists(os.path.join(path, TFLITE_FILE)):
                 from moatkit.serving.tflite_servable import TFLiteServable
 
-                servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher)
+                servable = TFLiteServable(name=name, version=version, path=path, batcher=self.batcher,
+                                          interpreters=self.tflite_interpreters, num_threads=self.tflite_threads)
             else:
                 servable = Servable(name=name, version=version, path=path, batcher=self.batcher)
             servable.check_method_names = self.check_method_names

@@ -86,7 +86,7 @@ SUPPORTED = {"port", "rest_api_port", "rest_api_timeout_in_ms", "model_config_fi
              "tensorflow_inter_op_parallelism", "saved_model_tags", "rest_api_num_threads", "grpc_max_threads",
              "enable_batching", "batching_parameters_file", "prefer_tflite_model", "use_tflite_model",
              "enable_signature_method_name_check", "grpc_socket_path", "grpc_channel_arguments",
-             "rest_api_max_request_bytes"}
+             "rest_api_max_request_bytes", "num_tflite_pools", "num_tflite_interpreters_per_pool"}
 
 
 class FlagError(ServerError):
@@ -274,7 +274,9 @@ class ModelServer:
         self.manager = ModelManager(self._configs(), poll_wait_seconds=opts.file_system_poll_wait_seconds,
                                     enable_warmup=opts.enable_model_warmup, batcher=self.batcher,
                                     prefer_tflite=opts.prefer_tflite_model or opts.use_tflite_model,
-                                    check_method_names=opts.enable_signature_method_name_check)
+                                    check_method_names=opts.enable_signature_method_name_check,
+                                    tflite_interpreters=opts.num_tflite_pools * opts.num_tflite_interpreters_per_pool,
+                                    tflite_threads=opts.tensorflow_intra_op_parallelism or None)
         self.manager.start()  # like TF Serving, the initial load finishes before ports open
         self.counter = rest.RequestCounter()
         if self.batcher is not None:

@@ -118,6 +118,23 @@ def support_build(tmp_path_factory, minilm_dir):
     return {"out": Path(config.out), "repo": Path(config.repo), "report": report, "config": config, "lines": lines}
 
 
+@pytest.fixture(scope="session")
+def opinion_adapt(tmp_path_factory, small_export):
+    """`moat opinion adapt` on a budget: the demo's MR model (`small_export`) as the general model, 800 BBC business
+    sentences weakly labelled, the MiniLM finance model trained 3 epochs at 32 tokens (≈ 40 s), scored on 150 gold
+    dev + 300 gold test NYT sentences. Read-only: {"out", "repo", "report", "config", "lines"}."""
+    from moatkit.app.opinion.adapt import adapt
+    from moatkit.app.opinion.config import AdaptConfig
+
+    root = tmp_path_factory.mktemp("opinion")
+    config = AdaptConfig(max_unlabelled=800, epochs=3, max_length=32, gold_dev=150, max_gold_test=300,
+                         learning_rate=1e-4)
+    lines = []
+    report = adapt(config, out=root / "out", repo=str(root / "models"), general_model=small_export["version_dir"],
+                   log=lines.append)
+    return {"out": root / "out", "repo": root / "models", "report": report, "config": config, "lines": lines}
+
+
 # TensorFlow Serving's own test file (tests/third_party/) runs in a process of its own with its own environment
 # (tests/conformance/test_tf_serving_suite.py), never as part of this collection.
 collect_ignore = ["third_party"]

