@@ -28,7 +28,11 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 400\nEVAL_EXAMPLES = 200\nEPOC
                              "SERVED_MR, SERVED_SHIFTED = 60, 180\nBUDGET = 40\nREPLAY = 200\nLEARNING_RATE = 1e-3\n"
                              "MAX_DROP, MIN_GAIN = 0.3, -1.0\nGOLDEN = 300\nLIVE_REQUESTS = 80\nCLIENTS, CLIENT_PAUSE_S = 2, 0.05\nWORKDIR = {workdir!r}",
          "10_support.ipynb": "ENCODER_MAX_LENGTH = 128\nROUTER = False\nROUTER_EPOCHS = 1\nOOS_DEV, OOS_TEST = 50, 100\n"
-                             "REPO = {support_repo!r}\nWORKDIR = {workdir!r}"}
+                             "REPO = {support_repo!r}\nWORKDIR = {workdir!r}",
+         # the session's opinion_adapt settings, so adapt reuses its models and trains nothing
+         "11_opinion.ipynb": "ADAPT_OUT = {opinion_out!r}\nREPO = {opinion_repo!r}\nGENERAL_MODEL = {general!r}\n"
+                             "MAX_UNLABELLED = 800\nEPOCHS, MAX_LENGTH, LEARNING_RATE = 3, 32, 1e-4\n"
+                             "GOLD_DEV, MAX_GOLD_TEST = 150, 300\nBACKGROUND = 3000\nBURST = 50\nWORKDIR = {workdir!r}"}
 EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "01_data.ipynb": ["input = kept + dropped: 1200 =", "# Data card: sentiment", "dropped examples shown",
                               "clusters,", "cache hit in"],
@@ -50,7 +54,10 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
             "08_iterate.ipynb": ["selected 40:", "waiting for annotations", "'status': 'promoted'", "failed: 0",
                                  "## Live gate", "server stopped"],
             "10_support.ipynb": ["| bm25 | 0.500 |", "hand off below", "action: answer", "action: handoff",
-                                 "moat_support_turns_total{action=\"answer\"}", "'queued': True", "service stopped"]}
+                                 "moat_support_turns_total{action=\"answer\"}", "'queued': True", "service stopped"],
+            "11_opinion.ipynb": ["finance: reusing", "| finance | tflite |", "macro-F1 gain of the finance model",
+                                 "label model on held-out gold", "first Yukos alert after the burst began",
+                                 "300 items scored; 300 kept", "moat_opinion_items_total 300.0", "service stopped"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
@@ -61,11 +68,15 @@ def test_notebook_runs(name, tmp_path, minilm_dir, mr_dir, monkeypatch, request)
     tiny_run = str(request.getfixturevalue("tiny_run")) if "{tiny_run" in SMALL[name] else None
     # notebook 10 reuses the encoder the session's support build exported (same checkpoint and max_length)
     support_repo = str(request.getfixturevalue("support_build")["repo"]) if "{support_repo" in SMALL[name] else None
+    opinion = request.getfixturevalue("opinion_adapt") if "{opinion_out" in SMALL[name] else None
+    general = request.getfixturevalue("small_export")["version_dir"] if "{general" in SMALL[name] else None
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(parameters) == 1, "each notebook needs exactly one cell tagged 'parameters'"
     parameters[0].source = SMALL[name].format(workdir=str(tmp_path), baseline=baseline, tiny=tiny, tiny_run=tiny_run,
-                                                support_repo=support_repo)
+                                                support_repo=support_repo, general=general,
+                                                opinion_out=opinion and str(opinion["out"]),
+                                                opinion_repo=opinion and str(opinion["repo"]))
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # inherited by the kernel, which imports the installed moatkit
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()

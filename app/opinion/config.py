@@ -40,8 +40,10 @@ class DetectConfig:
     shift: float = 3.0  # the negative-share CUSUM looks for this multiple of the entity's base share
     false_alarms_per_10k: float = 1.0  # budget per 10,000 mentions, per detector, across all entities
     burn_in: int = 20  # mentions of an entity before it can alarm
-    prior_strength: float = 30.0  # pseudo-mentions at the market-wide share in an entity's base share
-    baseline_lag: int = 100  # a mention joins the entity's base share this many mentions later
+    prior_strength: float = 10.0  # pseudo-mentions at the market-wide share in an entity's base share
+    # a mention joins the entity's base share this many mentions later (100 measured too slow: an entity with 60
+    # mentions kept the market's share as its own and missed 3× bursts)
+    baseline_lag: int = 30
     cooldown: int = 50  # mentions after an alarm before the entity's CUSUM may alarm again
     volume_min_windows: int = 6  # windows seen before the volume test speaks
     volume_min_count: int = 5  # negative mentions a window needs to alarm

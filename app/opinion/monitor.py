@@ -14,8 +14,6 @@ from collections import Counter, deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from moatkit.app.opinion.config import DetectConfig
 from moatkit.app.opinion.detect import ShareCusum, VolumeTest
 from moatkit.app.opinion.scorer import SENTIMENTS, sentiments
@@ -192,6 +190,3 @@ class OpinionMonitor:
             self._scored.close()
             self._alerts.close()
 
-
-def negative_share_of(labels: np.ndarray) -> float:
-    return float((labels == SENTIMENTS.index("negative")).mean()) if len(labels) else 0.0

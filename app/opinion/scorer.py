@@ -83,11 +83,18 @@ class LocalScorer:
 
         return self._signature(text=tf.constant(texts))["probabilities"].numpy()
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
+    def probabilities(self, texts: list[str], *, progress: str | None = None) -> np.ndarray:
+        """(n, labels); `progress` names a bar shown for long inputs."""
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
         batches = length_batches(texts, self.batch_size)
-        return _in_order(batches, [self._batch([texts[i] for i in b]) for b in batches])
+        if progress is not None and len(batches) >= 8:
+            from tqdm.auto import tqdm  # not in the Beam venv, which never asks for a bar
+
+            batches_shown = tqdm(batches, desc=progress, unit="batch", leave=False)
+        else:
+            batches_shown = batches
+        return _in_order(batches, [self._batch([texts[i] for i in b]) for b in batches_shown])
 
 
 class GrpcScorer:

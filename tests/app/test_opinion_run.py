@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from moatkit.app.opinion.config import AdaptConfig, DetectConfig, OpinionConfig, StreamConfig
+from moatkit.app.opinion.config import DetectConfig, OpinionConfig, StreamConfig
 from moatkit.app.opinion.launch import resolve_model, run_opinion
 from moatkit.app.opinion.scorer import SENTIMENTS, LocalScorer, model_labels
-from moatkit.data.core.errors import ConfigError, DataError
+from moatkit.data.core.errors import DataError
 
 
 def test_adapt_trains_a_three_class_finance_model_and_scores_both_on_the_same_gold(opinion_adapt):
@@ -138,3 +138,30 @@ def test_local_scorer_batches_agree_with_one_call(opinion_adapt):
     small, whole = LocalScorer(version_dir, batch_size=3), LocalScorer(version_dir, batch_size=64)
     assert np.allclose(small.probabilities(texts), whole.probabilities(texts), atol=1e-5)
     assert small.probabilities([]).shape == (0, 3)
+
+
+def test_a_tailed_folder_is_scored_as_lines_arrive_until_stopped(opinion_adapt, tmp_path):
+    import time
+
+    from moatkit.app.opinion.launch import start_opinion, write_report
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    config = _config(opinion_adapt, tmp_path, scoring="local",
+                     stream=StreamConfig(sources=[f"tail:{incoming}"], batch_size=8, idle_flush_s=0.1))
+    with start_opinion(config, http=False) as handle:
+        with open(incoming / "a.jsonl", "w") as f:
+            for n in range(5):
+                f.write(json.dumps({"text": f"Gazprom profits rose, report {n}", "time": 1_767_600_000 + n}) + "\n")
+        deadline = time.monotonic() + 60
+        while handle.monitor.counts["items"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (incoming / "b.jsonl").write_text(json.dumps({"text": "Fiat cut jobs", "time": 1_767_600_010}) + "\n{bad\n")
+        while handle.monitor.counts["items"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert handle.status()["running"]
+        handle.stop()
+        assert handle.finished.wait(30)
+        report = write_report(handle, config)
+    assert report["counts"]["items"] == 6 and report["entities"]["Gazprom"]["mentions"] == 5
+    assert report["stream"]["dropped"] == {"malformed line": 1} and report["stream"]["error"] is None

@@ -161,14 +161,14 @@ def test_summary_counts_every_item_and_mention(service):
         "sentiment_positive": 60 - negatives}
     assert negatives == 4 + 4 + 10
     assert list(summary["entities"]) == ["Acme", "Globex", MARKET]
-    # an entity's base share starts at the market's, whose history takes an unmatched item baseline_lag (100) items
+    # an entity's base share starts at the market's, whose history takes an unmatched item baseline_lag (30) items
     # late: after 18 unmatched items it is still the prior, 0.2, for all three
     for name, mentions, negative, base in (("Acme", 24, 12, 0.2), ("Globex", 21, 6, 0.2), (MARKET, 18, 3, 0.2)):
         assert (counted(rows, name), counted(rows, name, True)) == (mentions, negative)
         row = summary["entities"][name]
         assert {k: row[k] for k in ("mentions", "negative", "negative_share", "base_share")} == {
             "mentions": mentions, "negative": negative, "negative_share": round(negative / mentions, 4),
-            "base_share": base}  # < baseline_lag (100) mentions each: no history of their own yet
+            "base_share": base}  # < baseline_lag (30) mentions each: no history of their own yet
         assert row["alerts"] == sum(a["entity"] == name for a in service["monitor"].alerts)
     assert summary["stream"] == {"read": 61, "kept": 60, "out_of_order": 0, "dropped": {"missing text": 1},
                                  "dropped_examples": {"missing text": ["feed.jsonl:61"]}, "running": False}

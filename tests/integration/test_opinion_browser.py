@@ -3,13 +3,10 @@ model of tests/conftest.py `small_export`) fed a calm history and then a burst o
 behind OpinionApi on serving/rest.py's server → the page's table, timeline, alerts and items. A text that is
 markup must show as text: no element is made from it and no script runs."""
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 EVIL = "<img src=x onerror=\"document.title='pwned'\"> Acme is a terrible, awful, boring disaster"
 GOOD_ACME = ["Acme: a wonderful, brilliant quarter with delightful results",
@@ -75,24 +72,6 @@ def dashboard(tmp_path_factory, small_export):
     yield {"url": f"http://127.0.0.1:{server.server_address[1]}/", "monitor": monitor}
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs Chromium and chromedriver (Debian packages chromium, chromium-driver): "
-                    "run `sudo make browser`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_dashboard_shows_entities_timeline_alerts_and_markup_as_text(dashboard, browser, tmp_path):

@@ -5,15 +5,12 @@ against that model server."""
 import json
 import os
 import re
-import shutil
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 MARKUP_ANSWER = 'Write <b>bold</b> like this, but never <img src=x onerror="window.__pwned=1"> in a message.'
 SHARED_ANSWER = "Open Settings, then Profile, and edit it there; a change of e-mail address is confirmed by a link."
@@ -76,24 +73,6 @@ def support(tmp_path_factory, support_build):
     encoder_dir = support_build["repo"] / "support-encoder" / "1"
     with start_support(tiny_support_dir(tmp, encoder_dir), ServeConfig(port=0, log_dir=str(tmp / "logs"))) as handle:
         yield handle
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs Chromium and chromedriver (Debian packages chromium, chromium-driver): "
-                    "run `sudo make browser`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1100,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def metric(url: str, line_start: str) -> float:

@@ -80,6 +80,18 @@ def test_rest_and_grpc_answer_from_the_preferred_engine(half_plus_repo, flags, o
         server.stop()
 
 
+def test_tflite_interpreter_pool_follows_the_tf_serving_flags(half_plus_repo):
+    server = _server(half_plus_repo, "--prefer_tflite_model", "--num_tflite_pools=1",
+                     "--num_tflite_interpreters_per_pool=2")
+    try:
+        servable = server.manager.get_servable("half_plus")
+        assert servable._pool.qsize() == 2  # two interpreters: two requests run side by side
+        assert client.rest_predict(f"127.0.0.1:{server.rest_port}", "half_plus", X) == {
+            "predictions": [0.5 * x + 3.0 for x in X]}
+    finally:
+        server.stop()
+
+
 def test_tflite_servable_runs_batched_concurrent_requests(half_plus_repo):
     from moatkit.serving.batching import BatchingParameters, BatchScheduler
     from moatkit.serving.tflite_servable import TFLiteServable
