@@ -16,8 +16,9 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# Apache Beam caps protobuf < 7 while TensorFlow here needs 7, so Beam gets its own venv: our packages (no deps,
-# editable) plus the `beam` extra from setup.py. data/beam_pipeline.py runs there; tests call it by subprocess.
+# Apache Beam caps protobuf < 7 while the main venv's packages need 7, so Beam gets its own venv: our packages (no
+# deps, editable) plus the `beam` extra from setup.py (with TensorFlow, which accepts protobuf 6, for RunInference).
+# data/beam_pipeline.py and app/opinion/beam_score.py run there; tests call them by subprocess.
 BEAM_VENV := .venv-beam
 BEAM_STAMP := $(BEAM_VENV)/.installed
 $(BEAM_STAMP): setup.py

@@ -6,9 +6,11 @@ both scored on the same human gold set.
    registry package we can reach, see docs/opinion.md) → negative / neutral / positive by |score|, a seeded dev
    split (fits the label model and each model's decision thresholds) and a test split (only scores);
 3. weak labels on the unlabelled business sentences: LM lexicon + movement patterns + the general model (lfs.py),
-   a label model fitted on the gold dev split (data/labeling/weak.py);
-4. `moat finetune` (three classes) on those labels, early-stopped on gold dev, exported as `name`;
-5. both models on gold test: accuracy and macro-F1 → report.json.
+   the weighted label model fitted on 2/3 of the gold dev split and scored on the rest (data/labeling/weak.py);
+4. `moat finetune` (three classes) on those labels, early-stopped on gold dev, exported as `name` with a
+   dynamic-range int8 model.tflite (what the stream is scored with);
+5. each model's two decision thresholds fitted on gold dev; both scored on gold test (accuracy, macro-F1) →
+   adapt.json.
 A rerun reuses every step whose inputs have not changed (keyed by a hash of data and settings).
 """
 from __future__ import annotations

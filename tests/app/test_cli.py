@@ -88,7 +88,7 @@ def test_tensorflow_native_log_lines_stay_off_the_terminal_unless_verbose():
     quiet = _moat("export", "--set", "nope=1", env={"TF_CPP_MIN_LOG_LEVEL": ""})  # imports TensorFlow, then errs
     assert quiet.returncode == 2
     assert native_lines(quiet) == [] and quiet.stderr.strip().splitlines() == [
-        "error: unknown config key 'nope' — allowed keys: model_dir, repo, name, version, max_length, tflite, monitoring_profile"]
+        "error: unknown config key 'nope' — allowed keys: model_dir, repo, name, version, max_length, tflite, tflite_quantization, monitoring_profile"]
     verbose = _moat("--verbose", "export", "--set", "nope=1")
     assert verbose.returncode == 2 and native_lines(verbose)  # oneDNN / CUDA notices on this CPU machine
 
