@@ -33,11 +33,16 @@ def _may_begin_native_line(piece: bytes) -> bool:
         prefix.startswith(piece[:len(prefix)]) for prefix in _TEXT_PREFIXES)
 
 
+_filtering = False
+
+
 def filter_native_logs() -> None:
     """Drops TensorFlow's C++ log lines from this process's stderr (file descriptor 2, so child processes too)
     unless the user asked for them with TF_CPP_MIN_LOG_LEVEL below 2. Everything else passes unchanged."""
-    if USER_TF_LOG_LEVEL not in (None, "", "2", "3"):
-        return
+    global _filtering
+    if USER_TF_LOG_LEVEL not in (None, "", "2", "3") or _filtering:
+        return  # once per process: `main()` called again (tests, notebooks) must not stack pipes and threads
+    _filtering = True
     read_end, write_end = os.pipe()
     terminal = os.dup(2)
     sys.stderr.flush()

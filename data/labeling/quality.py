@@ -94,7 +94,10 @@ def likely_mislabeled(texts: list[str], y: np.ndarray, *, labels: list[str], fol
     from moatkit.data.labeling.baseline import out_of_fold_probs
 
     probs = out_of_fold_probs(texts, y, labels=labels, folds=folds, seed=seed)
-    ranked = find_label_issues(labels=np.asarray(y), pred_probs=probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab forks a multiprocessing.Pool otherwise, and a fork of a process running TensorFlow's and
+    # gRPC's threads can deadlock in the child (seen in CI: the pool never joined). One process takes milliseconds.
+    ranked = find_label_issues(labels=np.asarray(y), pred_probs=probs, return_indices_ranked_by="self_confidence",
+                               n_jobs=1)
     return np.asarray(ranked, dtype=int), probs
 
 
