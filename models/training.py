@@ -1,15 +1,19 @@
-"""Training-run state shared by the trainers (models/finetune.py, models/pretrain.py, models/seq2seq/train.py): the
-config fingerprint that ties a checkpoint dir to the run that wrote it (or, for seq2seq, the config keys a resumed
-run must keep), the resumable state file beside the checkpoints, and AdamW with the weight-decay exclusions."""
+"""Training-run state shared by the trainers (models/finetune.py, models/pretrain.py, models/seq2seq/train.py,
+models/recommend/train.py): the config fingerprint that ties a checkpoint dir to the run that wrote it (or, for
+seq2seq, the config keys a resumed run must keep), the resumable state file beside the checkpoints, AdamW with the
+weight-decay exclusions, and the Keras fit callbacks (dev evaluation + TensorBoard + early stopping, epoch
+checkpoints) with their restore."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError
@@ -79,3 +83,95 @@ def check_resume_keys(config, path: Path, keys: Iterable[str]) -> None:
         if saved.get(key) != current[key]:
             raise ConfigError(f"run dir '{path.parent}' was started with {key}={saved.get(key)!r}, now "
                               f"{current[key]!r}", fix="use a new run_dir, or the original value to resume")
+
+
+# === Callbacks shared by the Keras fit loops (fine-tuning, the sequential recommender) ===
+
+class EvalAndLog(tf.keras.callbacks.Callback):
+    """Train scalars every `every` steps; after each epoch, dev metrics, best weights and early stopping."""
+
+    def __init__(self, *, run_dir: Path, every: int, evaluate, patience: int, classification: bool,
+                 scalars: Iterable[str] = ("loss", "accuracy", "macro_f1", "pearson")):
+        super().__init__()
+        self.scalars = tuple(scalars)  # the keys of evaluate()'s result written as eval scalars, when present
+        self.train_writer = tf.summary.create_file_writer(str(run_dir / "train"))
+        self.eval_writer = tf.summary.create_file_writer(str(run_dir / "eval"))
+        self.every, self.evaluate, self.patience, self.classification = every, evaluate, patience, classification
+        self.step, self.since_best, self.eval_seconds = 0, 0, 0.0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_weights = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            lr = self.model.optimizer.learning_rate  # the schedule's current value; a MirroredVariable in a scope
+            lr = float(tf.convert_to_tensor(lr(self.model.optimizer.iterations) if callable(lr) else lr))
+            with self.train_writer.as_default(step=self.step):
+                tf.summary.scalar("loss", logs["loss"])
+                if self.classification:
+                    tf.summary.scalar("accuracy", logs["accuracy"])
+                tf.summary.scalar("learning_rate", lr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        tick = time.time()
+        raw = None
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # under a loss scale
+        if optimizer.use_ema:  # score (and keep) the averaged weights; training goes on from the raw ones
+            raw = self.model.get_weights()
+            optimizer.finalize_variable_values(self.model.trainable_variables)
+        result = {"epoch": epoch + 1, "step": self.step, **self.evaluate()}
+        self.eval_seconds += time.time() - tick
+        self.history.append(result)
+        with self.eval_writer.as_default(step=self.step):
+            for name in self.scalars:
+                if name in result:
+                    tf.summary.scalar(name, result[name])
+        self.eval_writer.flush()
+        self.train_writer.flush()
+        if self.best is None or result["score"] > self.best["score"]:
+            self.best, self.best_weights, self.since_best = result, self.model.get_weights(), 0
+        else:
+            self.since_best += 1
+            if self.since_best >= self.patience:
+                self.model.stop_training = True
+        if raw is not None:
+            self.model.set_weights(raw)
+
+
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+    """After each epoch (and after EvalAndLog): model + optimizer state, the best-on-dev weights and the logger's
+    history go to <run_dir>/checkpoints, so an interrupted run resumes at the next epoch."""
+
+    def __init__(self, *, directory: Path, fingerprint: str, logger: EvalAndLog, train_clock):
+        super().__init__()
+        self.directory, self.fingerprint, self.logger, self.train_clock = directory, fingerprint, logger, train_clock
+        self.manager = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+                                                  str(self.directory), max_to_keep=1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=epoch + 1)
+        np.savez(self.directory / "best_weights.npz", *self.logger.best_weights)
+        write_state(self.directory, {
+            "epoch": epoch + 1, "step": self.logger.step, "history": self.logger.history, "best": self.logger.best,
+            "since_best": self.logger.since_best, "stopped": bool(self.model.stop_training),
+            "train_seconds": self.train_clock()}, fingerprint=self.fingerprint)
+
+
+def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: str) -> dict | None:
+    """Restores an interrupted run's state into `model` and `logger`; returns the saved state or None."""
+    state = read_state(directory, fingerprint=fingerprint)
+    if state is None:
+        return None
+    model.optimizer.build(model.trainable_variables)  # slots must exist before their values are restored
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+        tf.train.latest_checkpoint(str(directory))).assert_existing_objects_matched()
+    with np.load(directory / "best_weights.npz") as saved:
+        logger.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    logger.history, logger.best, logger.since_best, logger.step = (state["history"], state["best"],
+                                                                   state["since_best"], state["step"])
+    return state
