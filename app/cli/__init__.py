@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moatkit.app.cli import compress, data, iterate, monitor, opinion, run, serve, support, train
+from moatkit.app.cli import compress, data, iterate, monitor, opinion, recommend, run, serve, support, train
 from moatkit.data.core.env import filter_native_logs
 from moatkit.data.core.errors import MoatError
 from moatkit.serving.errors import ServerError
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show TensorFlow's C++ log lines (oneDNN, CUDA, XLA), hidden by default; "
                              "TF_CPP_MIN_LOG_LEVEL=0 does the same")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for group in (data, train, serve, monitor, iterate, support, opinion, compress, run):  # in the order of the life cycle
+    for group in (data, train, serve, monitor, iterate, support, opinion, recommend, compress, run):  # in the order of the life cycle
         group.add_parsers(verbs)
     return parser
 
