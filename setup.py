@@ -44,6 +44,8 @@ setup(
         "sacrebleu>=2.4,<3",  # corpus BLEU for the translation Transformer (models/seq2seq/train.py)
         "scikit-learn>=1.4",  # data.labeling baseline (hashed bag-of-words logistic regression, k-means)
         "cleanlab>=2.7,<3",  # data.labeling.quality: confident-learning label-issue filter (no torch needed)
+        "implicit>=0.7.2,<0.8",  # ALS matrix factorisation, the recommender's MF baseline (models/recommend/baselines.py)
+        "threadpoolctl>=3.1",  # one BLAS thread inside implicit's own threads (models/recommend/baselines.py)
         "krippendorff>=0.8",  # data.labeling.quality: Krippendorff's alpha over per-rater scores
         # data/clean.py + data/readers.py: mojibake repair, language id (ships its model), parquet, html text
         "ftfy>=6.2,<7", "langid>=1.1.6,<2", "pyarrow>=14", "beautifulsoup4>=4.12",

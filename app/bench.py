@@ -16,6 +16,8 @@
   (app/bench_support.py).
 - opinion: general vs finance sentiment on the gold set (3 seeds), spike detection delay and false alarms on a
   replayed background, texts/s in-process vs served vs Beam (app/bench_opinion.py).
+- recommend: the sequential recommender vs tuned most-popular / item-kNN / ALS on MovieLens 100K (3 seeds, full
+  ranking), top-10 latency in-process vs REST vs gRPC (app/bench_recommend.py).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from moatkit.models.finetune import resolve_model_dir
 
 
 BENCHMARKS = ("tokenize", "serve", "finetune", "data", "transformer", "pretrain", "compress", "monitor", "support",
-              "opinion")
+              "opinion", "recommend")
 
 
 @dataclasses.dataclass
@@ -315,6 +317,9 @@ def _bench_rows(stored: dict) -> list[str]:
     if o := stored.get("opinion"):
         from moatkit.app.bench_opinion import opinion_rows
         lines += ["", *opinion_rows(o)]
+    if r := stored.get("recommend"):
+        from moatkit.app.bench_recommend import recommend_rows
+        lines += ["", *recommend_rows(r)]
     return lines
 
 
@@ -357,6 +362,10 @@ def run_bench(config: BenchConfig, *, log=print) -> dict:
         from moatkit.app.bench_opinion import OpinionBench, run_opinion_bench
         results["opinion"] = run_opinion_bench(OpinionBench(out=str(out / "opinion"), repo=str(out / "opinion" / "models")),
                                                log=log)
+    results["recommend"] = None
+    if "recommend" in config.benchmarks:
+        from moatkit.app.bench_recommend import RecommendBench, run_recommend_bench
+        results["recommend"] = run_recommend_bench(RecommendBench(out=str(out / "recommend")), log=log)
     # A run of some benchmarks keeps the last results of the others (e.g. `--set 'benchmarks=[serve]'`).
     previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
     stored = {name: value if name in config.benchmarks else previous.get(name) for name, value in results.items()}

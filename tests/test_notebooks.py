@@ -27,6 +27,8 @@ SMALL = {"00_quickstart.ipynb": "TRAIN_EXAMPLES = 400\nEVAL_EXAMPLES = 200\nEPOC
          "08_iterate.ipynb": "TRAIN_EXAMPLES = 0\nEPOCHS = 1\nMODEL = {tiny!r}\nBASE_RUN = {tiny_run!r}\n"
                              "SERVED_MR, SERVED_SHIFTED = 60, 180\nBUDGET = 40\nREPLAY = 200\nLEARNING_RATE = 1e-3\n"
                              "MAX_DROP, MIN_GAIN = 0.3, -1.0\nGOLDEN = 300\nLIVE_REQUESTS = 80\nCLIENTS, CLIENT_PAUSE_S = 2, 0.05\nWORKDIR = {workdir!r}",
+         "09_recommend.ipynb": "EPOCHS, EVAL_EVERY = 2, 1\nMAX_LENGTH, DIM, LAYERS, HEADS = 20, 16, 1, 1\n"
+                               "ARCH = 'sasrec'\nBASELINES = False\nWORKDIR = {workdir!r}",
          "10_support.ipynb": "ENCODER_MAX_LENGTH = 128\nROUTER = False\nROUTER_EPOCHS = 1\nOOS_DEV, OOS_TEST = 50, 100\n"
                              "REPO = {support_repo!r}\nWORKDIR = {workdir!r}",
          # the session's opinion_adapt settings, so adapt reuses its models and trains nothing
@@ -53,6 +55,8 @@ EXPECTED = {"00_quickstart.ipynb": ["test accuracy", "max |REST - gRPC|"],
                                     "most out-of-distribution texts", "moat_monitor_drift_alarm{"],
             "08_iterate.ipynb": ["selected 40:", "waiting for annotations", "'status': 'promoted'", "failed: 0",
                                  "## Live gate", "server stopped"],
+            "09_recommend.ipynb": ["users, 1349 items", "| ours |", "REST top-10:", "gRPC == REST: True",
+                                   "unknown_items: [1, 0]", "k too large -> 400", "server stopped"],
             "10_support.ipynb": ["| bm25 | 0.500 |", "hand off below", "action: answer", "action: handoff",
                                  "moat_support_turns_total{action=\"answer\"}", "'queued': True", "service stopped"],
             "11_opinion.ipynb": ["finance: reusing", "| finance | tflite |", "macro-F1 gain of the finance model",

@@ -89,9 +89,9 @@ class ALS:
 
 GRIDS = {
     MostPopular: [{}],
-    ItemKNN: [{"neighbours": n, "shrink": s} for n, s in itertools.product((20, 100, 400), (0.0, 10.0, 100.0))],
+    ItemKNN: [{"neighbours": n, "shrink": s} for n, s in itertools.product((20, 100, 400, 1000), (0.0, 10.0, 100.0))],
     ALS: [{"factors": f, "regularization": r, "alpha": a}
-          for f, r, a in itertools.product((32, 64, 128), (0.01, 0.1, 1.0), (1.0, 10.0))],
+          for f, r, a in itertools.product((16, 32, 64, 128), (0.001, 0.01, 0.1), (0.3, 1.0, 3.0))],
 }
 
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 from moatkit.data.core.errors import ModelError
 from moatkit.models.export import save_signatures, write_version
 from moatkit.models.layers.attention import MASK_VALUE
+from moatkit.models.recommend.model import load_model
 
 RECOMMENDER_FILE = "assets.extra/moat_recommender.json"
 
@@ -92,8 +93,6 @@ class RecommenderModule(tf.Module):
 def export_recommender(model_dir: str | Path, *, repo: str | Path, model_name: str = "recommender", top_k: int = 10,
                        version: int | None = None) -> dict:
     """Writes the next version (or `version`) of `model_name` under `repo`; returns where and what."""
-    from moatkit.models.recommend.train import load_model
-
     model, meta = load_model(model_dir)
     module = RecommenderModule(model, meta, top_k=top_k)
     signatures = module.signatures()

@@ -8,10 +8,18 @@ negatives (Petrov & Macdonald 2023 show sampled losses cost SASRec much of its a
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import tensorflow as tf
+
+from moatkit.data.core.errors import ModelError
 
 from moatkit.models.layers.attention import MASK_VALUE
 from moatkit.models.transformer import Encoder
+
+MODEL_FILE, WEIGHTS_FILE = "recommender.json", "weights.h5"
 
 
 class SequentialRecommender(tf.keras.Model):
@@ -51,3 +59,30 @@ class SequentialRecommender(tf.keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+# === Saved model dir (what export reads) ===
+
+def save_model(directory: Path, model: SequentialRecommender, data, split) -> Path:
+    """Weights + what export needs: the settings, the raw item ids and titles per index, and popularity counts over
+    every interaction (the empty-history fallback of the served model)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_weights(str(directory / WEIGHTS_FILE))
+    popularity = np.bincount(np.concatenate(data.sequences), minlength=data.num_items + 1)
+    (directory / MODEL_FILE).write_text(json.dumps({
+        "settings": model.get_config() | {"name": None}, "items": data.items, "titles": data.titles,
+        "popularity": popularity.tolist(), "users": len(split.users)}))
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[SequentialRecommender, dict]:
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise ModelError(f"'{directory}' is not a recommender model dir (no {MODEL_FILE})",
+                         fix="pass the `model` dir inside a `moat recommend train` run dir")
+    meta = json.loads((directory / MODEL_FILE).read_text())
+    settings = {k: v for k, v in meta["settings"].items() if k != "name"}
+    model = SequentialRecommender(**settings)
+    model(tf.zeros((1, settings["max_length"]), tf.int32))
+    model.load_weights(str(directory / WEIGHTS_FILE))
+    return model, meta

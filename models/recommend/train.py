@@ -24,12 +24,11 @@ from moatkit.models.recommend.config import RecommendConfig
 from moatkit.models.recommend.evaluate import evaluate_scores
 from moatkit.models.recommend.inputs import (causal_dataset, inference_inputs, masked_dataset, steps_per_epoch,
                                              windows)
-from moatkit.models.recommend.model import SequentialRecommender
+from moatkit.models.recommend.model import SequentialRecommender, save_model
 from moatkit.models.training import (EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, prepare_checkpoint_dir,
                                      restore_checkpoint)
 
 _NOT_FINGERPRINTED = ("resume", "export", "repo", "model_name", "top_k", "baselines")
-MODEL_FILE, WEIGHTS_FILE = "recommender.json", "weights.h5"
 SCALARS = ("hr_10", "ndcg_10", "hr_20", "ndcg_20")
 
 
@@ -177,30 +176,3 @@ def _gains(results: dict) -> dict:
     ours = results["ours"]["ndcg@10"]
     return {name: round(ours / r["ndcg@10"] - 1, 3) for name, r in results.items()
             if name != "ours" and r["ndcg@10"] > 0}
-
-
-def save_model(directory: Path, model: SequentialRecommender, data: Interactions, split: LeaveOneOut) -> Path:
-    """Weights + what export needs: the settings, the raw item ids and titles per index, and popularity counts over
-    every interaction (the empty-history fallback of the served model)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_weights(str(directory / WEIGHTS_FILE))
-    popularity = np.bincount(np.concatenate(data.sequences), minlength=data.num_items + 1)
-    (directory / MODEL_FILE).write_text(json.dumps({
-        "settings": model.get_config() | {"name": None}, "items": data.items, "titles": data.titles,
-        "popularity": popularity.tolist(), "users": len(split.users)}))
-    return directory
-
-
-def load_model(directory: str | Path) -> tuple[SequentialRecommender, dict]:
-    from moatkit.data.core.errors import ModelError
-
-    directory = Path(directory)
-    if not (directory / MODEL_FILE).is_file():
-        raise ModelError(f"'{directory}' is not a recommender model dir (no {MODEL_FILE})",
-                         fix="pass the `model` dir inside a `moat recommend train` run dir")
-    meta = json.loads((directory / MODEL_FILE).read_text())
-    settings = {k: v for k, v in meta["settings"].items() if k != "name"}
-    model = SequentialRecommender(**settings)
-    model(tf.zeros((1, settings["max_length"]), tf.int32))
-    model.load_weights(str(directory / WEIGHTS_FILE))
-    return model, meta

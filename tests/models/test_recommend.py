@@ -1,6 +1,5 @@
 """The sequential recommender on real MovieLens 100K: data, training against baselines, export, serving."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -90,7 +89,8 @@ def test_sasrec_beats_popularity_and_item_knn_on_held_out_users(trained):
 def test_export_equals_in_process_and_applies_the_input_policy(trained):
     import tensorflow as tf
 
-    from moatkit.models.recommend.train import load_model, predict_scores
+    from moatkit.models.recommend.model import load_model
+    from moatkit.models.recommend.train import predict_scores
 
     config, report = trained
     model, meta = load_model(report["model_dir"])
