@@ -27,8 +27,7 @@ from moatkit.models.finetune_inputs import (TaskInputs, encode_task_inputs, load
                                            train_dataset)
 from moatkit.models.schedules import WarmupLinearDecay
 from moatkit.models.tasks import Task, get_task
-from moatkit.models.training import (EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, prepare_checkpoint_dir,
-                                     restore_checkpoint)
+from moatkit.models.training import EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, resume_state
 
 # what a resumed run may change; anything else (run_dir included) makes its checkpoints another run's
 _NOT_FINGERPRINTED = ("resume", "log_every")
@@ -259,10 +258,8 @@ def _train(config: FinetuneConfig, *, model, inputs: TaskInputs, logger: EvalAnd
            verbose: int, callbacks: tuple[tf.keras.callbacks.Callback, ...]) -> tuple[int, float]:
     """Fits from the last finished epoch of an interrupted run with this config (or from the start). Returns the
     epochs resumed after and the training seconds, dev evaluation left out."""
-    checkpoints = Path(config.run_dir) / "checkpoints"
     fingerprint = config_fingerprint(config, ignore=_NOT_FINGERPRINTED)
-    prepare_checkpoint_dir(checkpoints, resume=config.resume)
-    resumed = restore_checkpoint(checkpoints, model, logger, fingerprint)
+    checkpoints, resumed = resume_state(config.run_dir, model, logger, fingerprint=fingerprint, resume=config.resume)
     first_epoch = resumed["epoch"] if resumed else 0
     previous_seconds = resumed["train_seconds"] if resumed else 0.0
     if resumed and verbose:

@@ -175,3 +175,12 @@ def restore_checkpoint(directory: Path, model, logger: EvalAndLog, fingerprint: 
     logger.history, logger.best, logger.since_best, logger.step = (state["history"], state["best"],
                                                                    state["since_best"], state["step"])
     return state
+
+
+def resume_state(run_dir: str | Path, model, logger: EvalAndLog, *, fingerprint: str,
+                 resume: bool) -> tuple[Path, dict | None]:
+    """`<run_dir>/checkpoints` (emptied unless `resume`) and the state of an interrupted run with this fingerprint,
+    already restored into `model` and `logger`; None when there is none."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    prepare_checkpoint_dir(checkpoints, resume=resume)
+    return checkpoints, restore_checkpoint(checkpoints, model, logger, fingerprint)

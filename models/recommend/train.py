@@ -25,8 +25,7 @@ from moatkit.models.recommend.evaluate import evaluate_scores
 from moatkit.models.recommend.inputs import (causal_dataset, inference_inputs, masked_dataset, steps_per_epoch,
                                              windows)
 from moatkit.models.recommend.model import SequentialRecommender, save_model
-from moatkit.models.training import (EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, prepare_checkpoint_dir,
-                                     restore_checkpoint)
+from moatkit.models.training import EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, resume_state
 
 _NOT_FINGERPRINTED = ("resume", "export", "repo", "model_name", "top_k", "baselines")
 SCALARS = ("hr_10", "ndcg_10", "hr_20", "ndcg_20")
@@ -131,10 +130,8 @@ def _fit(config: RecommendConfig, *, model, split: LeaveOneOut, logger: EvalAndL
          verbose: int) -> tuple[int, float, int]:
     """Fits from the last finished epoch of an interrupted run with this config. Returns (epochs resumed after,
     training seconds without validation, passes over the training windows run)."""
-    checkpoints = Path(config.run_dir) / "checkpoints"
     fingerprint = config_fingerprint(config, ignore=_NOT_FINGERPRINTED)
-    prepare_checkpoint_dir(checkpoints, resume=config.resume)
-    resumed = restore_checkpoint(checkpoints, model, logger, fingerprint)
+    checkpoints, resumed = resume_state(config.run_dir, model, logger, fingerprint=fingerprint, resume=config.resume)
     first_epoch = resumed["epoch"] if resumed else 0
     previous_seconds = resumed["train_seconds"] if resumed else 0.0
     if resumed and verbose:
