@@ -176,15 +176,19 @@ def next_version(base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def write_warmup(version_dir: Path, model_name: str, texts=WARMUP_TEXTS) -> None:
+def write_warmup(version_dir: Path, model_name: str, texts=WARMUP_TEXTS, *, inputs: dict | None = None) -> None:
+    """One serving_default PredictionLog warm-up record: the `text` batch, or the named `inputs` arrays of a model
+    that takes other tensors (the recommender's `history`)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
     path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = {"text": tf.constant(list(texts), dtype=tf.string)} if inputs is None else inputs
     with tf.io.TFRecordWriter(str(path)) as writer:
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
             name=model_name, signature_name="serving_default"))
-        request.inputs["text"].CopyFrom(tf.make_tensor_proto(list(texts), dtype=tf.string))
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         writer.write(log.SerializeToString())
 

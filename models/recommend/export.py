@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from moatkit.data.core.errors import ModelError
-from moatkit.models.export import save_signatures, write_version
+from moatkit.models.export import save_signatures, write_version, write_warmup
 from moatkit.models.layers.attention import MASK_VALUE
 from moatkit.models.recommend.model import load_model
 
@@ -55,9 +55,8 @@ class RecommenderModule(tf.Module):
         index = self.index.lookup(history)  # (B, H): 1..N, -1 unknown
         sent = tf.not_equal(history, self.padding)
         unknown = tf.reduce_sum(tf.cast(tf.logical_and(sent, index < 0), tf.int32), axis=1)  # (B,)
-        known = index > 0
-        lengths = tf.reduce_sum(tf.cast(known, tf.int32), axis=1)  # (B,)
-        items = tf.ragged.boolean_mask(index, known)  # (B, None) in the client's order
+        items = tf.ragged.boolean_mask(index, index > 0)  # (B, None) known items in the client's order
+        lengths = tf.cast(items.row_lengths(), tf.int32)  # (B,)
         scores = tf.cast(self.model.next_item_logits(self._model_inputs(items, lengths)), tf.float32)  # (B, N + 1)
         scores = tf.where(lengths[:, None] > 0, scores, self.popularity[None, :])  # cold start: most popular
         batch = tf.shape(history)[0]
@@ -105,7 +104,7 @@ def export_recommender(model_dir: str | Path, *, repo: str | Path, model_name: s
             "model_dir": str(Path(model_dir).resolve()), "num_items": module.num_items, "top_k": module.default_k,
             "max_length": model.max_length, "causal": model.causal,
             "id_dtype": "int64" if module.id_dtype == tf.int64 else "string"}))
-        _write_warmup(staging, model_name, example)
+        write_warmup(staging, model_name, inputs={"history": example})
 
     if not meta["items"][1:]:
         raise ModelError(f"'{model_dir}' has an empty catalogue", fix="train on a log with at least one item")
@@ -116,15 +115,3 @@ def export_recommender(model_dir: str | Path, *, repo: str | Path, model_name: s
 def _warmup_history(meta: dict, dtype) -> np.ndarray:
     ids = meta["items"][1:4]
     return np.array([[int(i) for i in ids]], np.int64) if dtype == tf.int64 else np.array([ids], dtype=object)
-
-
-def _write_warmup(version_dir: Path, model_name: str, history: np.ndarray) -> None:
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
-                                                                            signature_name="serving_default"))
-        request.inputs["history"].CopyFrom(tf.make_tensor_proto(history))
-        writer.write(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
-            request=request)).SerializeToString())

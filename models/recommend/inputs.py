@@ -39,14 +39,15 @@ def masked_dataset(train: list[np.ndarray], length: int, *, mask_id: int, probab
     last item in one window of ten, which is what inference asks for) → (inputs, targets, weights) batches."""
     items = left_pad([p[1:] if len(p) > length else p for p in windows(train, length)], length)  # (W, L)
 
+    last = tf.one_hot(length - 1, length, on_value=True, off_value=False)  # (L,)
+
     def mask(x):
         real = x > 0
         draw = tf.random.uniform(tf.shape(x), seed=seed)
         chosen = tf.logical_and(real, draw < probability)
         last_only = tf.random.uniform([], seed=seed + 1) < 0.1
-        chosen = tf.where(last_only, tf.one_hot(length - 1, length, on_value=True, off_value=False), chosen)
-        chosen = tf.where(tf.reduce_any(chosen), chosen, tf.one_hot(length - 1, length, on_value=True,
-                                                                     off_value=False))
+        chosen = tf.where(last_only, last, chosen)
+        chosen = tf.where(tf.reduce_any(chosen), chosen, last)
         inputs = tf.where(chosen, tf.cast(mask_id, x.dtype), x)
         targets = tf.where(chosen, x, tf.zeros_like(x))
         return inputs, targets, tf.cast(chosen, tf.float32)
@@ -61,11 +62,6 @@ def causal_dataset(train: list[np.ndarray], length: int, *, batch_size: int, see
     w = (y > 0).astype(np.float32)
     return (tf.data.Dataset.from_tensor_slices((x, y, w)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             .repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE))
-
-
-def steps_per_epoch(train: list[np.ndarray], length: int, batch_size: int) -> int:
-    """Batches in one pass over the training windows (the datasets above repeat forever)."""
-    return max(1, -(-len(windows(train, length)) // batch_size))
 
 
 def inference_inputs(histories: list[np.ndarray], length: int, *, mask_id: int | None) -> np.ndarray:

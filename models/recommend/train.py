@@ -22,8 +22,7 @@ from moatkit.models.distribute import pick_strategy, set_precision, split_cpu
 from moatkit.models.recommend import baselines as baselines_lib
 from moatkit.models.recommend.config import RecommendConfig
 from moatkit.models.recommend.evaluate import evaluate_scores
-from moatkit.models.recommend.inputs import (causal_dataset, inference_inputs, masked_dataset, steps_per_epoch,
-                                             windows)
+from moatkit.models.recommend.inputs import causal_dataset, inference_inputs, masked_dataset, windows
 from moatkit.models.recommend.model import SequentialRecommender, save_model
 from moatkit.models.training import EpochCheckpoint, EvalAndLog, adamw, config_fingerprint, resume_state
 
@@ -81,7 +80,9 @@ def _train_recommender(config: RecommendConfig, *, verbose: int) -> dict:
     valid_histories = split.history("valid")
     logger = EvalAndLog(run_dir=run_dir, every=10, patience=config.patience, classification=False, scalars=SCALARS,
                         evaluate=lambda: _validation(model, valid_histories, split.valid, config.seed))
-    first_epoch, train_seconds, passes = _fit(config, model=model, split=split, logger=logger, verbose=verbose)
+    trained_windows = len(windows(split.train, config.max_length))
+    first_epoch, train_seconds, passes = _fit(config, model=model, split=split, logger=logger, verbose=verbose,
+                                              batches_per_pass=max(1, -(-trained_windows // config.batch_size)))
     model.set_weights(logger.best_weights)
 
     test_histories = split.history("test")
@@ -90,7 +91,6 @@ def _train_recommender(config: RecommendConfig, *, verbose: int) -> dict:
     tuned = _baselines(config, data, split) if config.baselines else {}
     results.update({name: entry["test"] for name, entry in tuned.items()})
     saved = save_model(run_dir / "model", model, data, split)
-    trained_windows = len(windows(split.train, config.max_length))
     report = {
         "config": dataclasses.asdict(config), "data": data.report,
         "split": {"users": len(split.users), "skipped_users": split.skipped_users, "items": data.num_items,
@@ -126,8 +126,8 @@ def _validation(model, histories, targets, seed) -> dict:
     return {**metrics, **{k.replace("@", "_"): v for k, v in metrics.items() if "@" in k}, "score": metrics["ndcg@10"]}
 
 
-def _fit(config: RecommendConfig, *, model, split: LeaveOneOut, logger: EvalAndLog,
-         verbose: int) -> tuple[int, float, int]:
+def _fit(config: RecommendConfig, *, model, split: LeaveOneOut, logger: EvalAndLog, verbose: int,
+         batches_per_pass: int) -> tuple[int, float, int]:
     """Fits from the last finished epoch of an interrupted run with this config. Returns (epochs resumed after,
     training seconds without validation, passes over the training windows run)."""
     fingerprint = config_fingerprint(config, ignore=_NOT_FINGERPRINTED)
@@ -143,7 +143,7 @@ def _fit(config: RecommendConfig, *, model, split: LeaveOneOut, logger: EvalAndL
         dataset = masked_dataset(split.train, config.max_length, mask_id=model.mask_id,
                                  probability=config.mask_probability, batch_size=config.batch_size, seed=config.seed)
     epochs = math.ceil(config.epochs / config.eval_every)  # a Keras epoch = eval_every passes + one validation
-    steps = steps_per_epoch(split.train, config.max_length, config.batch_size) * config.eval_every
+    steps = batches_per_pass * config.eval_every  # the datasets repeat forever
     train_started = time.time()
 
     def train_clock() -> float:
